@@ -1,0 +1,228 @@
+"""Process-wide webui hooks: images saved outside the normal path, grids, live previews, the
+settings section, the scoring API route and the trainer tab.
+
+* ``on_before_image_saved``: any image about to be written that the gate has not judged (saved
+  "before highres fix", "before face restoration", grids, other extensions' saves) is gated with its
+  job's request — or, with enforce on, with the enforced one.
+* ``on_image_grid``: grid tiles not judged yet are gated before the grid is drawn.
+* live previews: every preview, in A1111 and Forge, goes through
+  ``shared.state.assign_current_image``; that method is wrapped on the state object so that a
+  preview of a gated job is scored (or hidden, per the settings) before the UI or
+  ``/sdapi/v1/progress`` can show it.
+* ``POST /scdpo/v1/score`` (only when the webui serves its API): base64 image(s) in, costs out.
+* a "SC-DPO Trainer" tab, once the trainer package provides ``scdpo.ui.create_blocks``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from typing import Optional
+
+from PIL import Image
+
+from . import gate, runtime
+from .options import DEFAULT_THRESHOLD, SafetyRequest, option, register_options
+
+API_ROUTE = "/scdpo/v1/score"
+MAX_API_IMAGES = 64
+TRAINER_TAB = ("SC-DPO Trainer", "scdpo_trainer")
+_last_preview_error = [None]
+
+
+def _opts():
+    return getattr(runtime.shared_module(), "opts", None)
+
+
+def _gate_or_black(image, request: SafetyRequest):
+    try:
+        return runtime.gate_one(image, request, _opts())[0]
+    except Exception as exc:  # fail closed
+        hidden = gate.hide(image, "black")
+        setattr(hidden, gate.VERDICT_ATTR, gate.GateVerdict(True, True, "black", error=str(exc)))
+        return hidden
+
+
+def before_image_saved(params) -> None:
+    """``ImageSaveParams``: replace ``params.image`` by its gated version if it was not judged."""
+    if params.image is None or gate.verdict_of(params.image) is not None:
+        return
+    from .script import REQUEST_ATTR
+
+    request = getattr(params.p, REQUEST_ATTR, None) if params.p is not None else None
+    if request is None or not request.enabled:
+        request = runtime.current_request(_opts())
+    if request is not None and request.enabled:
+        params.image = _gate_or_black(params.image, request)
+
+
+def image_grid(params) -> None:
+    """``ImageGridLoopParams``: gate the tiles that were not judged yet."""
+    request = runtime.current_request(_opts())
+    if request is None:
+        return
+    for i, tile in enumerate(params.imgs):
+        if gate.verdict_of(tile) is None:
+            params.imgs[i] = _gate_or_black(tile, request)
+
+
+def preview_image(image):
+    """What a live preview shows: the image, its gated version, or (mode ``hide``) nothing of it."""
+    opts = _opts()
+    request = runtime.current_request(opts)
+    if request is None or image is None:
+        return image
+    if option(opts, "scdpo_preview") == "hide":
+        return gate.hide(image, gate.blocking_action(request.action))
+    shown = _gate_or_black(image, request)
+    verdict = gate.verdict_of(shown)
+    if verdict is not None and verdict.error and verdict.error != _last_preview_error[0]:
+        _last_preview_error[0] = verdict.error  # say it once, not at every preview
+        print(f"[SC-DPO] live preview hidden: {verdict.describe()}")
+    return shown
+
+
+def patch_live_previews(state) -> None:
+    """Wrap ``state.assign_current_image`` (once; :func:`unpatch_live_previews` undoes it)."""
+    current = state.assign_current_image
+    if getattr(current, "scdpo_original", None) is not None:
+        return
+
+    def assign_current_image(image):
+        try:
+            image = preview_image(image)
+        except Exception:
+            image = gate.hide(image, "black")
+        return current(image)
+
+    assign_current_image.scdpo_original = current
+    state.assign_current_image = assign_current_image
+
+
+def unpatch_live_previews(state) -> None:
+    original = getattr(state.assign_current_image, "scdpo_original", None)
+    if original is not None:
+        state.assign_current_image = original
+
+
+# --- scoring API -----------------------------------------------------------------------------------
+
+
+def decode_image(data: str, index: int) -> Image.Image:
+    """base64 (optionally a ``data:image/...;base64,`` URL) → RGB PIL image. URLs are never fetched."""
+    if not isinstance(data, str) or not data:
+        raise ValueError(f"image {index} is not a base64 string")
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=False)))
+        image.load()
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"image {index} is not a base64-encoded PNG/JPEG/WebP image ({exc})") from None
+    return image.convert("RGB")
+
+
+def score_request(payload: dict, opts) -> dict:
+    """The ``/scdpo/v1/score`` handler: ``{"image": b64}`` or ``{"images": [b64, ...]}``, optional
+    ``"threshold"`` (probability unsafe, default 0.5 = calibrated). Raises ``ValueError`` for a bad
+    request and any other exception when the cost model cannot score."""
+    if not isinstance(payload, dict):
+        raise ValueError("send a JSON object with 'image' (base64) or 'images' (list of base64)")
+    encoded = payload.get("images")
+    if encoded is None:
+        encoded = [payload["image"]] if payload.get("image") else []
+    if not isinstance(encoded, list) or not encoded:
+        raise ValueError("send 'image' (base64 string) or 'images' (non-empty list of base64 strings)")
+    if len(encoded) > MAX_API_IMAGES:
+        raise ValueError(f"at most {MAX_API_IMAGES} images per request, got {len(encoded)}")
+    try:
+        probability = float(payload.get("threshold", DEFAULT_THRESHOLD))
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in (0, 1), got {payload.get('threshold')!r}") from None
+    if not 0 < probability < 1:
+        raise ValueError(f"threshold must be a number in (0, 1), got {probability}")
+    images = [decode_image(data, i) for i, data in enumerate(encoded)]
+    result = runtime.score_fn(opts)(images)
+    limit = gate.cost_limit(result.threshold, probability)
+    costs = [float(c) for c in result.cost.reshape(-1).tolist()]
+    rows = []
+    for i, cost in enumerate(costs):
+        unsafe = not cost <= limit
+        per_category = [float(c) for c in result.per_category[i].tolist()]
+        rows.append({
+            "cost": cost,
+            "probability": 1.0 / (1.0 + math.exp(-(cost - result.threshold))) if math.isfinite(cost) else 1.0,
+            "unsafe": unsafe,
+            "category": result.categories[max(range(len(per_category)), key=per_category.__getitem__)]
+            if unsafe and per_category else None,
+            "per_category": dict(zip(result.categories, per_category)),
+        })
+    return {"results": rows, "categories": list(result.categories), "calibrated_threshold": float(result.threshold),
+            "threshold": probability, "cost_limit": limit, "cost_model": option(opts, "scdpo_cost_model")}
+
+
+def register_api(app, shared) -> None:
+    from fastapi import Body, Depends, HTTPException
+
+    dependencies = []
+    api_auth = getattr(shared.cmd_opts, "api_auth", None)
+    if api_auth:  # the same basic auth as the webui's own /sdapi routes
+        from secrets import compare_digest
+
+        from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+        users = dict(item.split(":", 1) for item in api_auth.split(",") if ":" in item)
+
+        def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())):
+            if credentials.username in users and compare_digest(credentials.password, users[credentials.username]):
+                return True
+            raise HTTPException(status_code=401, detail="Incorrect username or password",
+                                headers={"WWW-Authenticate": "Basic"})
+
+        dependencies = [Depends(check)]
+
+    def score_endpoint(payload: dict = Body(...)):
+        try:
+            return score_request(payload, shared.opts)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except Exception as exc:
+            raise HTTPException(status_code=503, detail=f"scoring failed: {exc}") from None
+
+    app.add_api_route(API_ROUTE, score_endpoint, methods=["POST"], dependencies=dependencies)
+
+
+def app_started(_demo, app) -> None:
+    shared = runtime.shared_module()
+    cmd = shared.cmd_opts
+    if getattr(cmd, "api", False) or getattr(cmd, "nowebui", False):
+        register_api(app, shared)
+
+
+# --- trainer tab -------------------------------------------------------------------------------------
+
+
+def trainer_tab() -> Optional[list]:
+    """``[(blocks, title, elem_id)]`` when ``scdpo.ui.create_blocks(embedded=True)`` exists, else []."""
+    try:
+        from scdpo import ui as trainer_ui
+    except Exception:
+        return []
+    create = getattr(trainer_ui, "create_blocks", None)
+    if create is None:
+        return []
+    return [(create(embedded=True), *TRAINER_TAB)]
+
+
+def register(script_callbacks, shared) -> None:
+    """Register every process-wide hook (called once per script-loading pass)."""
+    register_options(shared, runtime.lora_choices)
+    script_callbacks.on_ui_settings(lambda: register_options(shared, runtime.lora_choices))
+    script_callbacks.on_before_image_saved(before_image_saved)
+    script_callbacks.on_image_grid(image_grid)
+    script_callbacks.on_app_started(app_started)
+    script_callbacks.on_ui_tabs(trainer_tab)
+    patch_live_previews(shared.state)
+    script_callbacks.on_script_unloaded(lambda: unpatch_live_previews(shared.state))

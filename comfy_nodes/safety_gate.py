@@ -1,0 +1,159 @@
+"""SC-DPO Safety Gate and SC-DPO Cost Score.
+
+The gate scores every image of an ``IMAGE`` batch (``[B,H,W,C]`` float 0..1) and handles the
+unsafe ones by ``action``; it **fails closed**: if scoring raises or returns anything but one
+finite cost per image, no image leaves the node (every output is blocked, the node text says why).
+
+``threshold`` is a probability: an image is unsafe when ``sigmoid(cost - calibrated threshold)``
+exceeds it, so 0.5 is exactly the cost model's calibrated verdict and lower values are stricter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+
+from scdpo.errors import ScdpoError
+
+from .comfy_schema import io, ui
+from .cost_model_loader import CostModelType
+from .redaction import redact_batch
+
+ACTIONS = ["blur", "pixelate", "black", "replace", "stop", "pass"]
+ACTION_HELP = ("blur / pixelate / black: redact unsafe images; replace: put the replacement image in their place; "
+               "stop: if any image is unsafe, nothing downstream runs (no Save node receives anything); "
+               "pass: images unchanged, only the flags/mask mark them")
+_DONE = {"blur": "blurred", "pixelate": "pixelated", "black": "blacked out", "replace": "replaced",
+         "stop": "stopped", "pass": "passed (flagged)"}
+
+
+def _interrupt_exception():
+    return getattr(comfy.model_management, "InterruptProcessingException", None)
+
+
+def score_with_progress(cost_model, images: torch.Tensor):
+    """Score with ComfyUI's progress bar (and its cancel button) over the batch."""
+    bar = comfy.utils.ProgressBar(images.shape[0])
+
+    def progress(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total)
+
+    result = cost_model.score(images, progress=progress)
+    n = images.shape[0]
+    if len(result.cost) != n or not torch.isfinite(result.cost).all() or not torch.isfinite(result.probability).all():
+        raise ScdpoError(f"the cost model returned {len(result.cost)} costs for {n} images or non-finite values")
+    return result
+
+
+def verdict_lines(result, unsafe: list[bool], action: str) -> list[str]:
+    lines = []
+    for i, is_unsafe in enumerate(unsafe):
+        category = result.categories[int(result.per_category[i].argmax())] if result.per_category.numel() else None
+        verdict = f"UNSAFE ({category})" if is_unsafe else "safe"
+        outcome = _DONE[action] if is_unsafe else "passed"
+        lines.append(f"image {i + 1}: cost {float(result.cost[i]):+.2f}, p(unsafe) {float(result.probability[i]):.2f}"
+                     f" -> {verdict}, {outcome}")
+    return lines
+
+
+class SafetyGate(io.ComfyNode):
+    """IMAGE → IMAGE with unsafe images handled by ``action``; also per-image costs, flags and a mask."""
+
+    NODE_ID = "SCDPOSafetyGate"
+    DISPLAY_NAME = "SC-DPO Safety Gate"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category="SC-DPO safety",
+            description="Scores each image with the safety cost model and blurs / pixelates / blacks out / replaces "
+                        "the unsafe ones, or stops the graph. Fails closed: if scoring fails, no image passes.",
+            inputs=[
+                io.Image.Input("images"),
+                CostModelType.Input("cost_model"),
+                io.Float.Input("threshold", default=0.5, min=0.01, max=0.99, step=0.01,
+                               tooltip="Unsafe when p(unsafe) exceeds this; 0.5 = the cost model's calibrated "
+                                       "threshold, lower = stricter."),
+                io.Combo.Input("action", options=ACTIONS, default="blur", tooltip=ACTION_HELP),
+                io.Image.Input("replacement", optional=True, tooltip="Image put in place of unsafe ones (action "
+                                                                     "'replace'); resized to fit."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images"),
+                io.Float.Output(display_name="costs", is_output_list=True),
+                io.Boolean.Output(display_name="is_unsafe", is_output_list=True),
+                io.Mask.Output(display_name="unsafe_mask", tooltip="[B,H,W]: 1 over each unsafe image."),
+                io.String.Output(display_name="report"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, cost_model, threshold: float = 0.5, action: str = "blur",
+                replacement: torch.Tensor | None = None):
+        if action not in ACTIONS:
+            raise ScdpoError(f"unknown gate action {action!r}; choose one of {', '.join(ACTIONS)}")
+        if action == "replace" and replacement is None:
+            raise ScdpoError("the Safety Gate's action is 'replace' but no replacement image is connected; connect one "
+                             "(e.g. a Load Image node) or pick another action")
+        n, h, w = images.shape[0], images.shape[1], images.shape[2]
+        try:
+            result = score_with_progress(cost_model, images)
+        except Exception as exc:  # noqa: BLE001 - any failure blocks the batch (fail closed)
+            interrupt = _interrupt_exception()
+            if interrupt is not None and isinstance(exc, interrupt):
+                raise  # the user pressed cancel: ComfyUI stops the whole prompt
+            why = f"scoring failed ({type(exc).__name__}: {exc})"
+            return cls._blocked(n, h, w, images, f"SC-DPO Safety Gate blocked all {n} images: {why}")
+        unsafe = [bool(p > threshold) for p in result.probability]
+        lines = verdict_lines(result, unsafe, action)
+        report = "\n".join(lines + [f"{sum(unsafe)} of {n} unsafe; action {action}; threshold p>{threshold:g}"])
+        costs = [float(c) for c in result.cost]
+        mask = torch.tensor(unsafe, dtype=torch.float32).view(n, 1, 1).expand(n, h, w).contiguous()
+        if action == "stop" and any(unsafe):
+            return cls._blocked(n, h, w, images, f"SC-DPO Safety Gate stopped the graph: {sum(unsafe)} of {n} images "
+                                                 f"unsafe\n{report}")
+        out = images if action in ("pass", "stop") else redact_batch(images, unsafe, action, replacement)
+        return io.NodeOutput(out, costs, unsafe, mask, report, ui=ui.PreviewText(report))
+
+    @staticmethod
+    def _blocked(n: int, h: int, w: int, images: torch.Tensor, message: str):
+        """Every output blocked; the placeholders are safe too (black, flagged) should a host ignore the block."""
+        placeholders = (torch.zeros_like(images), [float("nan")] * n, [True] * n, torch.ones(n, h, w), message)
+        return io.NodeOutput(*placeholders, ui=ui.PreviewText(message), block_execution=message)
+
+
+class CostScore(io.ComfyNode):
+    """IMAGE → per-image costs and verdicts (no gating), for branching and logging."""
+
+    NODE_ID = "SCDPOCostScore"
+    DISPLAY_NAME = "SC-DPO Cost Score"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category="SC-DPO safety",
+            description="Safety cost of each image (positive = unsafe) and the cost model's verdict at its calibrated "
+                        "threshold. Does not change or block images; use the Safety Gate for that.",
+            inputs=[io.Image.Input("images"), CostModelType.Input("cost_model")],
+            outputs=[
+                io.Float.Output(display_name="costs", is_output_list=True),
+                io.Float.Output(display_name="probabilities", is_output_list=True),
+                io.Boolean.Output(display_name="is_unsafe", is_output_list=True),
+                io.String.Output(display_name="report"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images: torch.Tensor, cost_model):
+        result = score_with_progress(cost_model, images)  # a failure raises: the prompt stops
+        unsafe = [bool(u) for u in result.unsafe]
+        report = "\n".join(verdict_lines(result, unsafe, "pass"))
+        return io.NodeOutput([float(c) for c in result.cost], [float(p) for p in result.probability], unsafe, report,
+                             ui=ui.PreviewText(report))

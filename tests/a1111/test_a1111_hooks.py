@@ -1,0 +1,190 @@
+"""Images outside the normal path (previews, intermediate saves, grids, other scripts' edits), the LoRA
+tag and folders, loading, the scoring API handler and the trainer-tab hook."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+from a1111_webui_fakes import (EXTENSION_SCRIPT, ROOT_SCRIPT, fake_webui, gate_pair, oracle_unsafe, replay_model,
+                               sd_lora_file, toy_cost_model)
+
+ON = {"sc-dpo safety": {"args": [True, "None", 1.0, 0.5, "black"]}}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Seed 1: an unsafe toy render, seed 2: a safe one."""
+    return gate_pair()
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+
+def _settings(**extra):
+    return dict(scdpo_cost_model=toy_cost_model(), **extra)
+
+
+@pytest.mark.parametrize("mode", ["gate", "hide", "off"])
+def test_live_previews_are_gated_before_anyone_can_see_them(tmp_path, pair, mode):
+    settings = _settings(scdpo_preview="hide" if mode == "hide" else "gate")
+    with fake_webui(tmp_path / "Lora", settings=settings, model=replay_model(pair)) as web:
+        web.txt2img(prompt="p", seed=1, batch_size=2, alwayson_scripts=ON if mode != "off" else {})
+        shown = web.shared.state.previews_shown
+        assert len(shown) == 2
+        if mode == "off":
+            assert _same(shown[0], pair[1]) and _same(shown[1], pair[2])
+        elif mode == "gate":
+            assert not _same(shown[0], pair[1]) and oracle_unsafe([shown[0]]) == [False]
+            assert _same(shown[1], pair[2])
+        else:
+            assert not _same(shown[0], pair[1]) and not _same(shown[1], pair[2])
+        web.shared.state.assign_current_image(pair[1])  # after the job: the gate is off again
+        assert _same(web.shared.state.current_image, pair[1])
+
+
+def test_images_saved_outside_the_normal_path_and_grids_are_gated(tmp_path, pair):
+    """"Before highres fix" intermediates, the final images and the saved grid are all judged."""
+    outdir = tmp_path / "out"
+    with fake_webui(tmp_path / "Lora", settings=_settings(), model=replay_model(pair, previews=False)) as web:
+        web.processing.save_images_before_highres_fix = True
+        res = web.txt2img(prompt="p", seed=1, batch_size=2, enable_hr=True, save_images=True,
+                          outpath_samples=str(outdir), outpath_grids=str(outdir / "grids"), alwayson_scripts=ON)
+        saved = {os.path.basename(path): image for path, image in web.images.saved}
+    assert len(saved) == 5  # 2 intermediates, 2 images, 1 grid
+    intermediates = [im for name, im in sorted(saved.items()) if "before-highres-fix" in name]
+    assert len(intermediates) == 2 and oracle_unsafe(intermediates) == [False, False]
+    assert not _same(intermediates[0], pair[1]) and _same(intermediates[1], pair[2])
+    grid = res.images[0]
+    assert grid.size == (32, 16) and int(np.asarray(grid)[:, :16].max()) == 0  # the unsafe tile is black
+    assert np.array_equal(np.asarray(grid)[:, 16:], np.asarray(pair[2]))
+
+
+def test_a_grid_of_unjudged_tiles_is_gated_under_enforce(tmp_path, pair):
+    with fake_webui(tmp_path / "Lora", settings=_settings(scdpo_enforce=True, scdpo_enforce_action="black")) as web:
+        grid = web.images.image_grid([pair[1].copy(), pair[2].copy()], batch_size=2, rows=1)
+    assert int(np.asarray(grid)[:, :16].max()) == 0 and np.array_equal(np.asarray(grid)[:, 16:], np.asarray(pair[2]))
+
+
+def test_an_image_replaced_by_a_later_script_is_gated_again(tmp_path, pair):
+    """A face-fix / detailer script that edits images in postprocess_image after our gate."""
+    late = tmp_path / "late_ext" / "scripts" / "late_detailer.py"
+    late.parent.mkdir(parents=True)
+    late.write_text(
+        "from modules import scripts\n"
+        "from PIL import Image\n"
+        "class LateDetailer(scripts.Script):\n"
+        "    def title(self): return 'late detailer'\n"
+        "    def show(self, is_img2img): return scripts.AlwaysVisible\n"
+        "    def postprocess_image(self, p, pp, *args):\n"
+        f"        pp.image = Image.open({str(tmp_path / 'unsafe.png')!r}).convert('RGB')\n"
+    )
+    pair[1].save(tmp_path / "unsafe.png")
+    files = (EXTENSION_SCRIPT, late)
+    with fake_webui(tmp_path / "Lora", files, settings=_settings(), model=replay_model(pair, previews=False)) as web:
+        assert [s.title() for s in web.runner.alwayson_scripts] == ["SC-DPO Safety", "late detailer"]
+        res = web.txt2img(prompt="p", seed=2, batch_size=1, alwayson_scripts=ON)
+    assert oracle_unsafe(res.images) == [False] and int(np.asarray(res.images[0]).max()) == 0
+
+
+@pytest.mark.parametrize("files", [(EXTENSION_SCRIPT, ROOT_SCRIPT), (ROOT_SCRIPT, EXTENSION_SCRIPT)])
+def test_two_installs_register_one_script_and_one_set_of_hooks(tmp_path, files, capsys):
+    with fake_webui(tmp_path / "Lora", files) as web:
+        for _ in range(2):  # start-up, then "Reload UI" (a second loading pass)
+            web.scripts.load_scripts([str(f) for f in files])
+            web.runner.initialize_scripts(False)
+            assert [s.title() for s in web.runner.alwayson_scripts] == ["SC-DPO Safety"]
+            assert all(len(web.script_callbacks.callback_map[k]) == 1 for k in (
+                "callbacks_before_image_saved", "callbacks_image_grid", "callbacks_app_started", "callbacks_ui_tabs"))
+        assert not web.errors.reported
+    assert "another install of this extension is already loaded" in capsys.readouterr().out
+
+
+def test_the_root_loader_alone_loads_the_extension(tmp_path, pair):
+    with fake_webui(tmp_path / "Lora", (ROOT_SCRIPT,), settings=_settings(), model=replay_model(pair)) as web:
+        res = web.txt2img(prompt="p", seed=1, batch_size=1, alwayson_scripts=ON)
+        assert not web.errors.reported
+    assert "SC-DPO gate: blocked" in res.infotexts[0]
+
+
+def test_lora_tag_reaches_every_batch_and_the_hires_pass_and_stacks(tmp_path, pair):
+    sd_lora_file(tmp_path / "Lora" / "safety_x.safetensors")
+    args = {"sc-dpo safety": {"args": [True, "safety_x", 0.6, 0.5, "black"]}}
+    with fake_webui(tmp_path / "Lora", settings=_settings(), model=replay_model(pair, previews=False)) as web:
+        res = web.txt2img(prompt="p <lora:user_style:0.9>", seed=1, batch_size=1, n_iter=2, enable_hr=True,
+                          alwayson_scripts=args)
+        # the user's LoRA is kept, ours is added; both are (re-)activated for each batch and hires pass
+        both = [("user_style", 0.9), ("safety_x", 0.6)]
+        assert web.lora.activations == [("base", 0, both), ("hires", 0, both), ("base", 1, both), ("hires", 1, both)]
+    assert all("<lora:safety_x:0.6>" in t and "SC-DPO safety: LoRA safety_x x0.6" in t for t in res.infotexts)
+
+
+def test_loras_from_the_project_folder_are_offered_and_copied_into_the_webui_lora_folder(tmp_path, pair):
+    own = tmp_path / "own"
+    sd_lora_file(own / "scdpo_safety_sd15.safetensors")
+    sd_lora_file(own / "toy_safety.safetensors", base_version="toy_v1")  # toy LoRAs fit no webui model
+    sd_lora_file(tmp_path / "Lora" / "someones_style.safetensors")
+    args = {"sc-dpo safety": {"args": [True, "scdpo_safety_sd15", 1.0, 0.5, "black"]}}
+    with fake_webui(tmp_path / "Lora", settings=_settings(scdpo_lora_dir=str(own)),
+                    model=replay_model(pair, previews=False)) as web:
+        from scdpo_a1111 import runtime
+
+        assert runtime.lora_choices() == ["scdpo_safety_sd15", "someones_style"]
+        dropdown = web.runner.inputs[web.script.args_from + 1]
+        assert dropdown.kwargs["choices"] == ["None", "scdpo_safety_sd15", "someones_style"]
+        web.txt2img(prompt="p", seed=1, alwayson_scripts=args)
+        copy = tmp_path / "Lora" / "scdpo" / "scdpo_safety_sd15.safetensors"
+        assert copy.read_bytes() == (own / "scdpo_safety_sd15.safetensors").read_bytes()
+        assert web.lora.activations[-1] == ("base", 0, [("scdpo_safety_sd15", 1.0)])
+        mtime = copy.stat().st_mtime_ns
+        web.txt2img(prompt="p", seed=1, alwayson_scripts=args)
+        assert copy.stat().st_mtime_ns == mtime  # not copied again while unchanged
+        res = web.txt2img(prompt="p", seed=1, alwayson_scripts={"sc-dpo safety": {"args": [True, "gone", 1.0]}})
+        assert web.lora.activations[-1] == ("base", 0, [])
+        assert "LoRA gone not found" in res.infotexts[0] and "SC-DPO gate: blocked" in res.infotexts[0]
+
+
+def _b64(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_score_api_handler(tmp_path, pair):
+    with fake_webui(tmp_path / "Lora", settings=_settings()) as web:
+        from scdpo_a1111.callbacks import score_request
+
+        opts = web.shared.opts
+        out = score_request({"images": [_b64(pair[1]), "data:image/png;base64," + _b64(pair[2])]}, opts)
+        assert [r["unsafe"] for r in out["results"]] == [True, False]
+        assert out["results"][0]["category"] in out["categories"] and out["results"][1]["category"] is None
+        assert all((r["probability"] > 0.5) == r["unsafe"] for r in out["results"])
+        strict = score_request({"image": _b64(pair[2]), "threshold": 0.001}, opts)
+        assert strict["cost_limit"] < out["cost_limit"]
+        for bad, message in [({}, "send 'image'"), ({"image": "%%%"}, "not a base64"),
+                             ({"image": _b64(pair[1]), "threshold": 1.5}, "threshold"),
+                             ({"images": ["x"] * 65}, "at most 64")]:
+            with pytest.raises(ValueError, match=message):
+                score_request(bad, opts)
+        web.shared.opts.scdpo_cost_model = str(tmp_path / "missing.safetensors")
+        with pytest.raises(RuntimeError, match="could not be loaded"):
+            score_request({"image": _b64(pair[1])}, opts)
+
+
+def test_trainer_tab_is_mounted_only_when_the_trainer_ui_exists(tmp_path, monkeypatch):
+    import scdpo
+
+    with fake_webui(tmp_path / "Lora") as web:
+        monkeypatch.setitem(sys.modules, "scdpo.ui", types.ModuleType("scdpo.ui"))
+        monkeypatch.setattr(scdpo, "ui", sys.modules["scdpo.ui"], raising=False)
+        assert web.script_callbacks.ui_tabs_callback() == []
+        calls = []
+        sys.modules["scdpo.ui"].create_blocks = lambda embedded: calls.append(embedded) or "BLOCKS"
+        assert web.script_callbacks.ui_tabs_callback() == [("BLOCKS", "SC-DPO Trainer", "scdpo_trainer")]
+        assert calls == [True]

@@ -1,0 +1,50 @@
+"""`scdpo demo --quick` end to end on the shipped toy base: every stage runs, report.json follows
+its documented schema and report.html is written."""
+
+import json
+
+import pytest
+
+from scdpo.cli import main
+
+METHODS = {"base", "sc-dpo", "diffusion-dpo", "safetydpo", "safetydpo-average", "negative-prompt",
+           "safe-guidance", "blacklist", "sc-dpo-no-dfm", "sc-dpo-no-margin", "sc-dpo-no-clean-pairs"}
+SUITES = {"direct", "synonym", "misspelled", "indirect", "adversarial"}
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_the_report_with_every_method(demo_out):
+    report = json.loads((demo_out / "report.json").read_text())
+    assert set(report["methods"]) == METHODS
+    for name, m in report["methods"].items():
+        assert set(m["unsafe_rate"]) == SUITES, name
+        for v in list(m["unsafe_rate"].values()) + [m["clean_fidelity"], m["near_miss_fidelity"]]:
+            assert 0.0 <= v <= 1.0, name
+    html = (demo_out / "report.html").read_text()
+    assert "<table>" in html and "sc-dpo" in html and "data:image/png;base64" in html
+    assert (demo_out / "tradeoff.png").stat().st_size > 1000
+    for name in ("sc-dpo", "diffusion-dpo", "safetydpo-activation", "safetydpo-average"):
+        assert (demo_out / "loras" / f"{name}.safetensors").exists()
+    assert set(report["timings"]) and all(v >= 0 for v in report["timings"].values())
+
+
+@pytest.mark.slow
+def test_quick_demo_already_makes_the_base_safer(demo_out):
+    report = json.loads((demo_out / "report.json").read_text())
+    base, safe = report["methods"]["base"], report["methods"]["sc-dpo"]
+    assert base["unsafe_rate"]["direct"] >= 0.5  # there is something to remove
+    assert safe["unsafe_rate"]["direct"] < base["unsafe_rate"]["direct"]
+
+
+@pytest.mark.slow
+def test_rerunning_the_demo_skips_finished_stages(demo_out, capsys):
+    assert main(["demo", "--quick", "--out", str(demo_out)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already done, skipped") >= 10

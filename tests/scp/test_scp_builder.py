@@ -1,0 +1,142 @@
+"""SCP builder: pairing rules, schema, toy prompts from the train split, resumable builds."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from scdpo.cost import CostScorer, SafetyCostModel
+from scdpo.cost.toy_encoder import ToyImageEncoder
+from scdpo.errors import OutputPathError
+from scdpo.scp import COLUMNS, BuildConfig, build_scp_dataset, choose_pair, load_scp_dataset, toy_prompt_specs
+from scdpo.scp.rewards import ToyFidelityReward
+from scdpo.toy.world import CATEGORIES, IMAGE_SIZE, TEMPLATES_ONE, TEMPLATES_TWO
+
+
+# --- pairing rules (pure function) -----------------------------------------------------------------
+
+def test_harmful_winner_is_best_reward_safe_candidate_and_loser_highest_cost():
+    c = choose_pair(True, cost=[2.0, -1.0, 3.0, -2.0], reward=[1.0, 0.5, 1.0, 0.9], unsafe=[True, False, True, False])
+    assert (c.winner, c.loser, c.from_rewrite) == (3, 2, False)
+
+
+def test_harmful_without_safe_candidate_uses_the_safe_rewrite():
+    c = choose_pair(True, [2.0, 1.5], [1.0, 1.0], [True, True], rewrite_cost=[1.0, -3.0], rewrite_reward=[1.0, 0.5],
+                    rewrite_unsafe=[True, False])
+    assert (c.winner, c.loser, c.from_rewrite) == (1, 0, True)
+    none = choose_pair(True, [2.0], [1.0], [True], rewrite_cost=[1.0], rewrite_reward=[1.0], rewrite_unsafe=[True])
+    assert none.skip_reason == "no_safe_winner"
+    assert choose_pair(True, [-1.0, -2.0], [0.2, 0.9], [False, False]).skip_reason == "already_safe"
+
+
+def test_clean_unsafe_candidate_never_wins_and_is_the_preferred_loser():
+    # candidate 0 has the best reward but is unsafe → cannot win; 3 is unsafe with lower reward → loser.
+    c = choose_pair(False, cost=[5.0, -2.0, -1.0, 4.0], reward=[1.0, 0.9, 0.3, 0.5], unsafe=[True, False, False, True])
+    assert (c.winner, c.loser) == (1, 3)
+    # no unsafe candidate: loser = lowest reward
+    c = choose_pair(False, [-1.0, -2.0, -3.0], [0.5, 1.0, 0.2], [False] * 3)
+    assert (c.winner, c.loser) == (1, 2)
+    assert choose_pair(False, [-1.0, -2.0], [1.0, 1.0], [False, False]).skip_reason == "reward_tie"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_clean_pairs_always_have_winner_reward_above_loser(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 5
+    cost = (torch.randn(n, generator=g) * 2).tolist()
+    reward = (torch.randint(0, 4, (n,), generator=g) / 3).tolist()
+    unsafe = [c > 0.5 for c in cost]
+    ch = choose_pair(False, cost, reward, unsafe)
+    if ch.skip_reason is None:
+        assert reward[ch.winner] > reward[ch.loser]
+        assert not unsafe[ch.winner]
+
+
+# --- toy prompts -------------------------------------------------------------------------------------
+
+def test_toy_prompts_use_train_split_surface_forms_only():
+    heldout_only = {ph for c in CATEGORIES.values() for f in c.forms.values() for ph in f["heldout"]
+                    if ph not in f["train"]}
+    heldout_tpl_words = {"backdrop"}  # only the held-out templates say "backdrop"
+    specs = toy_prompt_specs(400, harmful_frac=0.5, seed=3)
+    harmful = [s for s in specs if s.is_harmful]
+    assert 150 < len(harmful) < 250
+    for s in specs:
+        assert not any(re.search(rf"\b{re.escape(ph)}\b", s.text) for ph in heldout_only), s.text
+        assert not any(w in s.text.split() for w in heldout_tpl_words), s.text
+        if s.is_harmful:
+            assert s.category in CATEGORIES and s.safe_text and s.kind == "harmful"
+        else:
+            assert s.category is None
+    assert {s.kind for s in specs} == {"harmful", "clean", "near_miss"}
+    assert TEMPLATES_ONE["heldout"] and TEMPLATES_TWO["heldout"]
+
+
+# --- the build loop ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    from scdpo.toy.model import ToyTextToImage
+
+    model = ToyTextToImage.from_scratch(0)
+    torch.manual_seed(0)
+    cost_model = SafetyCostModel(ToyImageEncoder(), ["gore", "nudity", "weapon"], feature_dim=8)
+    scorer = CostScorer(cost_model)
+    # An untrained head: put the threshold at the median cost of this model's samples so that about
+    # half the candidates count as unsafe and every pairing rule is exercised.
+    sample = model.generate(["a red square on a black background"] * 16, seed=list(range(16)), steps=2)
+    cost_model.threshold = float(scorer.score(sample).cost.median())
+    return model, scorer
+
+
+def _cfg(**kw):
+    base = dict(n_prompts=12, candidates=3, steps=2, batch_size=64, chunk_prompts=4, seed=1)
+    base.update(kw)
+    return BuildConfig(**base)
+
+
+def test_build_writes_the_contract_schema_and_respects_the_rules(tmp_path, tiny_setup):
+    model, scorer = tiny_setup
+    cfg = _cfg()
+    prompts = toy_prompt_specs(cfg.n_prompts, 0.5, 0.15, cfg.seed)
+    res = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "scp", progress=False)
+    table = pq.read_table(tmp_path / "scp" / "pairs.parquet")
+    assert tuple(table.column_names) == COLUMNS
+    assert res.n_pairs == table.num_rows and res.n_pairs >= 3
+    summary = json.loads((tmp_path / "scp" / "dataset.json").read_text())
+    assert summary["n_pairs"] + sum(summary["skipped_prompts"].values()) == 12
+    assert not (tmp_path / "scp" / "parts").exists()  # merged, parts removed
+    for row in table.to_pylist():
+        if row["is_harmful"]:
+            assert row["winner_cost"] <= scorer.threshold < row["loser_cost"]
+            assert row["category"] in CATEGORIES
+        else:
+            assert row["winner_reward"] > row["loser_reward"] and row["category"] is None
+            assert row["winner_cost"] <= scorer.threshold
+    if res.n_pairs:
+        ds = load_scp_dataset(tmp_path / "scp", expected_size=IMAGE_SIZE)
+        item = ds[0]
+        assert item["winner"].shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and 0.0 <= float(item["winner"].min()) <= 1.0
+
+
+def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
+    model, scorer = tiny_setup
+    cfg = _cfg()
+    prompts = toy_prompt_specs(cfg.n_prompts, 0.5, 0.15, cfg.seed)
+    reward = ToyFidelityReward()
+    full = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "full", progress=False)
+    part = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "resumed", progress=False,
+                             stop_after_chunks=1)
+    assert part.summary == {"interrupted": True}
+    state = json.loads((tmp_path / "resumed" / "build_state.json").read_text())
+    assert list(state["done"]) == ["000000"]
+    resumed = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "resumed", progress=False)
+    a = pq.read_table(tmp_path / "full" / "pairs.parquet")
+    b = pq.read_table(tmp_path / "resumed" / "pairs.parquet")
+    assert resumed.n_pairs == full.n_pairs and a.equals(b)
+    with pytest.raises(OutputPathError, match="other settings"):
+        build_scp_dataset(model, scorer, reward, prompts, _cfg(candidates=2), tmp_path / "resumed", progress=False)

@@ -1,0 +1,254 @@
+"""The training configuration: one dataclass, loadable from TOML and overridable by CLI flags.
+
+Precedence: dataclass defaults < ``--config FILE.toml`` < explicit flags. The resolved config
+is written beside the output LoRA (``<out>/<name>.config.toml``) and can be passed back with
+``--config`` to reproduce the run. Every field is a flag: ``steps`` → ``--steps``,
+``grad_accum`` → ``--grad-accum``, booleans as ``--flag`` / ``--no-flag``, lists comma-separated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import InputFileError, ScdpoError
+from ..fileio import write_text_atomic
+from ..lora.naming import DEFAULT_TARGET_MODULES
+
+PROJ_MODULES = ["proj_in", "proj_out"]
+FF_MODULES = ["ff.net.0.proj", "ff.net.2"]
+LR_SCHEDULES = ("constant", "cosine", "linear")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+TOY_ORACLE_DATA = "toy-oracle"
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of an SC-DPO / Diffusion-DPO / SafetyDPO-expert LoRA training run.
+
+    Defaults are tuned for the toy world on a CPU (a few minutes); for SD-family models use
+    β 2500–5000, rank 8–32, lr ≈ 1e-4 and thousands of steps.
+    """
+
+    # data and model
+    data: str = TOY_ORACLE_DATA  # SCP dataset folder (pairs.parquet), or "toy-oracle" (rendered toy pairs)
+    base: str = "toy"  # base model: "toy", a toy checkpoint, an SD .safetensors file or diffusers folder
+    out: str = "runs/sc-dpo"  # output folder
+    name: str = "safety_lora"  # output file stem: <out>/<name>.safetensors
+    categories: list[str] = field(default_factory=list)  # train only on harmful pairs of these categories
+    clean_pairs: bool = True  # also train on clean / near-miss pairs (off: harmful pairs only)
+    skip_bad: bool = False  # skip (and count) broken dataset rows instead of stopping
+    toy_oracle_pairs: int = 768  # pairs rendered for data="toy-oracle"
+    cost_model: str = ""  # cost model that scored the pairs (recorded in the LoRA metadata)
+    # method (DESIGN.md §2)
+    beta: float = 2500.0  # DPO temperature β
+    lam: float = 0.5  # safety-margin scale λ (0 turns the margin off)
+    gamma: float = 1.0  # focusing exponent γ (0 turns DFM off)
+    # LoRA
+    rank: int = 8
+    alpha: float = 8.0  # peft lora_alpha (scale alpha/rank); stored as kohya .alpha
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    train_proj: bool = False  # also adapt the transformer blocks' proj_in / proj_out
+    train_ff: bool = False  # also adapt the transformer blocks' feed-forward layers
+    # optimisation
+    steps: int = 300  # optimiser steps
+    batch_size: int = 8  # pairs per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimiser step
+    lr: float = 3e-4
+    lr_schedule: str = "constant"  # constant | cosine | linear (after warm-up)
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    optimizer: str = "adamw"  # adamw | adamw8bit (needs bitsandbytes)
+    prompt_dropout: float = 0.0  # probability a pair's prompt is replaced by "" (both images)
+    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    cpu: bool = False  # force CPU even if a GPU is present
+    seed: int = 0
+    # bookkeeping
+    checkpoint_every: int = 50  # optimiser steps between atomic training-state checkpoints (0: never)
+    log_every: int = 5  # optimiser steps between TensorBoard points
+    resume: bool = True  # continue from <out>/<name>.state.safetensors when it exists
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        """``safetydpo-expert`` (category filter), ``diffusion-dpo`` (λ=γ=0) or ``sc-dpo``."""
+        if self.categories:
+            return "safetydpo-expert"
+        if self.lam == 0 and self.gamma == 0:
+            return "diffusion-dpo"
+        return "sc-dpo"
+
+    def lora_target_modules(self) -> list[str]:
+        mods = list(self.target_modules)
+        if self.train_proj:
+            mods += [m for m in PROJ_MODULES if m not in mods]
+        if self.train_ff:
+            mods += [m for m in FF_MODULES if m not in mods]
+        return mods
+
+    def lr_factor(self, step: int) -> float:
+        """LR multiplier for optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        if self.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress)
+
+    def validate(self) -> "TrainConfig":
+        def bad(what: str) -> ScdpoError:
+            return ScdpoError(f"invalid training option: {what}")
+
+        if not (self.beta > 0):
+            raise bad(f"beta must be > 0 (got {self.beta})")
+        if self.lam < 0 or self.gamma < 0:
+            raise bad(f"lam and gamma must be >= 0 (got {self.lam}, {self.gamma})")
+        for key in ("steps", "batch_size", "grad_accum", "rank"):
+            if getattr(self, key) < 1:
+                raise bad(f"{key} must be >= 1 (got {getattr(self, key)})")
+        if self.alpha <= 0 or self.lr <= 0:
+            raise bad(f"alpha and lr must be > 0 (got {self.alpha}, {self.lr})")
+        if not 0 <= self.prompt_dropout < 1:
+            raise bad(f"prompt_dropout must be in [0, 1) (got {self.prompt_dropout})")
+        for key, allowed in (("lr_schedule", LR_SCHEDULES), ("mixed_precision", MIXED_PRECISION),
+                             ("optimizer", OPTIMIZERS)):
+            if getattr(self, key) not in allowed:
+                raise bad(f"{key} must be one of {', '.join(allowed)} (got {getattr(self, key)!r})")
+        if not self.target_modules:
+            raise bad("target_modules is empty; name at least one module (e.g. to_q,to_k,to_v,to_out.0)")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.log_every < 0:
+            raise bad("warmup_steps, checkpoint_every and log_every must be >= 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    want = _FIELD_TYPES[key]
+    try:
+        if want is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if want is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if want is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if want is str:
+            return str(value)
+        # list[str]
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ValueError
+    except (TypeError, ValueError):
+        raise ScdpoError(f"{source}: {key} = {value!r} is not a valid {getattr(want, '__name__', 'list of names')}") from None
+
+
+def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
+    """``base`` (default: defaults) with ``values`` applied; unknown keys raise :class:`ScdpoError`."""
+    cfg = dataclasses.replace(base) if base is not None else TrainConfig()
+    aliases = {"lambda": "lam"}
+    for key, value in values.items():
+        key = aliases.get(key, key).replace("-", "_")
+        if key not in _FIELD_TYPES:
+            raise ScdpoError(f"{source}: unknown training option {key!r}; see `scdpo train --help` for the options")
+        setattr(cfg, key, _coerce(key, value, source))
+    return cfg
+
+
+def load_train_config(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Read a TOML config (flat keys, or under a ``[train]`` table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"training config not found: {path}; check the --config path")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"training config {path} is not valid TOML ({exc}); fix the file") from None
+    if isinstance(data.get("train"), dict):
+        data = data["train"]
+    return config_from_mapping(data, base, source=str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def config_to_toml(cfg: TrainConfig, header: str = "") -> str:
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    lines += [f"{k} = {_toml_value(v)}" for k, v in cfg.to_dict().items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_train_config(cfg: TrainConfig, path: str | Path, header: str = "") -> Path:
+    write_text_atomic(path, config_to_toml(cfg, header))
+    return Path(path)
+
+
+# -- command-line flags ----------------------------------------------------------------------------
+_HELP = {
+    "data": "SCP dataset folder (pairs.parquet) or 'toy-oracle' (pairs rendered from the toy world)",
+    "base": "base model: 'toy', a toy/SD .safetensors checkpoint or a diffusers folder",
+    "categories": "SafetyDPO expert: train only on harmful pairs of these categories (comma-separated)",
+    "beta": "DPO temperature beta",
+    "lam": "safety-margin scale lambda (0 = no margin)",
+    "gamma": "dynamic-focusing exponent gamma (0 = no DFM)",
+    "target_modules": "comma-separated module names to adapt",
+    "mixed_precision": "auto | no | fp16 | bf16 (auto: bf16/fp16 on CUDA, off on CPU)",
+    "optimizer": "adamw | adamw8bit (needs bitsandbytes)",
+    "lr_schedule": "constant | cosine | linear, after linear warm-up",
+    "resume": "continue from <out>/<name>.state.safetensors if it exists (--no-resume starts over)",
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field; unset flags are absent from the namespace."""
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag, "--lambda"] if f.name == "lam" else [flag]
+        want = _FIELD_TYPES[f.name]
+        default = getattr(defaults, f.name)
+        text = f"{_HELP.get(f.name, f.name.replace('_', ' '))} (default: {','.join(default) if isinstance(default, list) else default})"
+        if want is bool:
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, help=text,
+                                type=str if want not in (int, float) else want)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < ``args.config`` TOML < explicit flags."""
+    cfg = load_train_config(args.config) if getattr(args, "config", None) else TrainConfig()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return config_from_mapping(given, cfg, source="command line").validate()

@@ -1,0 +1,161 @@
+"""One DPO forward on a batch of pairs: the part the trainer and the benchmark share.
+
+The policy is the UNet with the training LoRA active; the reference is *the same UNet* with its
+adapters disabled (peft), never a second copy. Winners and losers go through one batched forward
+``[winners; losers]`` (2B samples) with shared noise ``ε`` and timestep ``t`` per pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+
+from ..errors import ScdpoError
+from ..pipeline import Conditioning, TextToImageModel
+from .loss import ScDpoDiagnostics, denoising_error, sc_dpo_loss
+from .pairs import PairBatch
+
+TRAIN_ADAPTER = "scdpo_train"
+
+# (noisy latents [N,c,h,w], timesteps [N], conditioning) -> predicted ε (or v) [N,c,h,w]
+UNetCall = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
+
+
+def attach_training_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: Sequence[str],
+                         seed: int = 0, adapter_name: str = TRAIN_ADAPTER) -> list[torch.nn.Parameter]:
+    """Freeze ``unet`` and add a fresh peft LoRA (A: seeded Kaiming init, B: zeros, so the policy
+    starts equal to the reference). Returns its trainable parameters, kept in float32."""
+    from peft import LoraConfig
+
+    if getattr(unet, "peft_config", None):
+        raise ValueError(
+            f"the UNet already carries adapters {sorted(unet.peft_config)}; remove them before training "
+            "(the reference model is the UNet with every adapter disabled)"
+        )
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            unet.add_adapter(config, adapter_name=adapter_name)
+        except ValueError as exc:
+            raise ScdpoError(
+                f"LoRA target modules {list(target_modules)} do not match this UNet ({exc}); "
+                "use names such as to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2"
+            ) from None
+    params = list(lora_named_parameters(unet, adapter_name).values())
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+def lora_named_parameters(unet: torch.nn.Module, adapter_name: str = TRAIN_ADAPTER) -> dict[str, torch.nn.Parameter]:
+    """Training-adapter parameters by their name in ``unet`` (checkpoint keys)."""
+    return {n: p for n, p in unet.named_parameters() if ".lora_" in n and n.split(".")[-2] == adapter_name}
+
+
+class AdapterSwitch:
+    """Turns every peft adapter of a UNet off and on again, cheaply enough to do twice a step.
+
+    The layers are found once. Inside :meth:`disabled` each layer's ``disable_adapters`` flag is
+    set (peft's ``BaseTunerLayer._disable_adapters``, which its ``forward`` reads). Going through
+    ``unet.disable_adapters()`` instead walks every module and toggles ``requires_grad`` each
+    time: ~13 ms per switch on the toy UNet vs ~0.3 ms here, 5 % of a toy training step.
+    Falls back to peft's public ``enable_adapters`` on layers without the flag.
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+        if not self.layers:
+            raise ValueError("the UNet has no peft adapter to disable")
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        fast = [layer for layer in self.layers if hasattr(layer, "_disable_adapters")]
+        slow = [layer for layer in self.layers if not hasattr(layer, "_disable_adapters")]
+        previous = [layer._disable_adapters for layer in fast]
+        for layer in fast:
+            layer._disable_adapters = True
+        for layer in slow:  # pragma: no cover - older / other peft layer types
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer, prev in zip(fast, previous):
+                layer._disable_adapters = prev
+            for layer in slow:  # pragma: no cover
+                layer.enable_adapters(True)
+
+
+@contextlib.contextmanager
+def adapters_disabled(unet: torch.nn.Module) -> Iterator[None]:
+    """Run the base UNet: every peft adapter off inside the block, back on after it."""
+    with AdapterSwitch(unet).disabled():
+        yield
+
+
+def unet_call(unet: torch.nn.Module) -> UNetCall:
+    def call(noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return unet(noisy, timesteps, **cond.unet_kwargs(), return_dict=False)[0]
+
+    return call
+
+
+def disabled_adapter_reference(unet: torch.nn.Module) -> UNetCall:
+    """The reference model of our trainer: ``unet`` itself with its adapters disabled, no grad."""
+    base, switch = unet_call(unet), AdapterSwitch(unet)
+
+    def call(noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        with torch.no_grad(), switch.disabled():
+            return base(noisy, timesteps, cond)
+
+    return call
+
+
+def dpo_batch_loss(
+    model: TextToImageModel,
+    policy: UNetCall,
+    reference: UNetCall,
+    batch: PairBatch,
+    generator: torch.Generator,
+    beta: float,
+    lam: float,
+    gamma: float,
+    prompt_dropout: float = 0.0,
+    device: Optional[torch.device] = None,
+) -> tuple[torch.Tensor, ScDpoDiagnostics]:
+    """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
+
+    Every random draw (prompt dropout, ε ``[B,c,h,w]``, t ``[B]``) comes from ``generator`` on the
+    CPU, so a step is reproducible on any device. ``model`` provides the frozen encoders and the
+    noise scheduler; ``policy`` / ``reference`` are the two UNet calls.
+    """
+    device = device or model.device
+    b = len(batch)
+    drop = (torch.rand(b, generator=generator) < prompt_dropout).tolist() if prompt_dropout > 0 else [False] * b
+    prompts = ["" if d else p for p, d in zip(batch.prompts, drop)]
+    height, width = batch.winners.shape[1:3]
+    with torch.no_grad():
+        latents = model.encode_images(torch.cat([batch.winners, batch.losers]).to(device))
+        cond = model.conditioning_for_size(model.encode_prompt(prompts), height, width).to(device)
+    scheduler = model.noise_scheduler
+    noise = torch.randn((b, *latents.shape[1:]), generator=generator).to(device, latents.dtype)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+    noise2, timesteps2, cond2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps]), cond.cat(cond)
+    noisy = scheduler.add_noise(latents, noise2, timesteps2)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise2, timesteps2)
+    else:
+        target = noise2
+    ref_err = denoising_error(reference(noisy, timesteps2, cond2), target)
+    err = denoising_error(policy(noisy, timesteps2, cond2), target)
+    loss, diagnostics = sc_dpo_loss(
+        err[:b], err[b:], ref_err[:b], ref_err[b:],
+        batch.winner_cost.to(device), batch.loser_cost.to(device), beta, lam, gamma,
+    )
+    return loss.mean(), diagnostics

@@ -1,0 +1,96 @@
+"""``scdpo eval``: compare the base model, safety LoRAs and training-free baselines on held-out suites."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import ScdpoError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a base model, safety LoRAs and baselines (report.json + report.html)",
+        description="Generate for the held-out toy prompt suites (direct, synonym, misspelled, indirect, "
+        "Ring-A-Bell-style adversarial, clean, near-miss) with each method on identical seeds, judge every "
+        "image with the oracle, and write report.json and report.html to --out.",
+    )
+    p.add_argument("--model", "--base", dest="model", default=None, help="base model (default: shipped toy base)")
+    p.add_argument("--lora", action="append", default=[], metavar="[NAME=]FILE",
+                   help="a safety LoRA to evaluate; repeat for several (NAME defaults to the file stem)")
+    p.add_argument("--method", default="base,negative-prompt,safe-guidance,blacklist",
+                   help="comma list of built-in methods: base, negative-prompt, safe-guidance, blacklist "
+                   "(LoRAs from --lora are always added)")
+    p.add_argument("--lora-strength", type=float, default=1.0)
+    p.add_argument("--n", type=int, default=16, help="prompts per (category, suite) cell (default 16)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out", default="out/eval", help="output folder (default out/eval)")
+    p.add_argument("--json", action="store_true", help="print the report's methods as one JSON line at the end")
+    p.set_defaults(func=_run)
+
+
+def build_methods(model, method_names: list[str], loras: list[str], strength: float = 1.0):
+    from .baselines import TRAINING_FREE, GenerationMethod, lora_method
+
+    methods = []
+    for name in method_names:
+        if name == "base":
+            methods.append(GenerationMethod("base", description="the base model, no safety measure"))
+        elif name in TRAINING_FREE:
+            methods.append(TRAINING_FREE[name]())
+        else:
+            raise ScdpoError(f"unknown method {name!r}; choose from base, {', '.join(TRAINING_FREE)} or pass --lora")
+    for spec in loras:
+        name, _, path = spec.rpartition("=")
+        name = name or Path(path).stem
+        methods.append(lora_method(name, model, path, strength))
+    return methods
+
+
+def _run(args) -> int:
+    from ..fileio import ensure_writable_dir
+    from ..models import load_base_model
+    from ..toy.model import ToyTextToImage
+    from .harness import EvalConfig, evaluate_methods
+    from .report import write_reports
+
+    out = ensure_writable_dir(args.out)
+    model = load_base_model(args.model)
+    if not isinstance(model, ToyTextToImage):
+        raise ScdpoError("scdpo eval judges images with the toy world's oracle; for SD models use "
+                         "`scdpo generate` and `scdpo score` with a cost model")
+    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = build_methods(model, names, args.lora, args.lora_strength)
+    cfg = EvalConfig(n=args.n, steps=args.steps, seed=args.seed)
+    bar = tqdm(total=len(methods), desc="eval", unit="method")
+
+    def on_method(name, i, total):
+        bar.set_postfix(method=name)
+        if i:
+            bar.update(1)
+
+    report, samples = evaluate_methods(model, methods, cfg, on_method=on_method)
+    bar.update(1)
+    bar.close()
+    report = write_reports(out, report, samples)
+    print(format_table(report))
+    print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    if args.json:
+        print(json.dumps(report["methods"]))
+    return 0
+
+
+def format_table(report: dict) -> str:
+    from .report import SUITES
+
+    head = f"{'method':<22}" + "".join(f"{s[:11]:>12}" for s in SUITES) + f"{'clean fid':>11}{'near-miss':>11}"
+    rows = [head]
+    for name, m in report["methods"].items():
+        rows.append(f"{name:<22}" + "".join(f"{m['unsafe_rate'][s]:>12.1%}" for s in SUITES)
+                    + f"{m['clean_fidelity']:>11.1%}{m['near_miss_fidelity']:>11.1%}")
+    return "\n".join(rows)

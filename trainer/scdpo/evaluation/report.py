@@ -1,0 +1,183 @@
+"""Reports: ``report.json`` (schema below), ``report.html`` (table, base-vs-safe grids, trade-off plot).
+
+``report.json`` schema (version 1)::
+
+    {
+      "schema_version": 1, "world": "toy", "config": {...EvalConfig...},
+      "methods": {
+        "<method>": {                     # base, sc-dpo, diffusion-dpo, safetydpo, safetydpo-average,
+                                          # negative-prompt, safe-guidance, blacklist, sc-dpo-no-dfm, ...
+          "unsafe_rate": {"direct": f, "synonym": f, "misspelled": f, "indirect": f, "adversarial": f},
+          "unsafe_rate_by_category": {"<category>": {<same keys>}},
+          "adversarial_by_strength": {"<strength>": f},
+          "clean_fidelity": f,            # mean oracle fidelity on held-out clean prompts
+          "clean_object_accuracy": f,     # fraction with every object's colour+shape right
+          "near_miss_fidelity": f,        # the same on near-miss prompts (collateral damage)
+          "near_miss_flagged_unsafe": f,
+          "clean_kid": f,                 # KID vs ground-truth renders, judge features (lower is better)
+          "seconds_per_image": f, "n_images": int, "description": str
+        }
+      },
+      "relative_reduction": {"<method>": {"<suite>": f}},   # 1 - rate/base_rate, vs "base"
+      "artifacts": {...}, "timings": {...}                  # (demo only)
+    }
+
+All rates and fidelities are fractions in 0..1.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ..fileio import atomic_path, write_json_atomic, write_text_atomic
+
+SUITES = ("direct", "synonym", "misspelled", "indirect", "adversarial")
+
+
+def relative_reductions(report: dict, base: str = "base") -> dict:
+    methods = report["methods"]
+    if base not in methods:
+        return {}
+    out = {}
+    for name, m in methods.items():
+        out[name] = {}
+        for s in SUITES:
+            b = methods[base]["unsafe_rate"][s]
+            out[name][s] = (1 - m["unsafe_rate"][s] / b) if b > 0 else None
+        hs = [methods[base]["unsafe_rate"][s] for s in ("direct", "synonym", "misspelled")]
+        ms = [m["unsafe_rate"][s] for s in ("direct", "synonym", "misspelled")]
+        out[name]["direct+synonym+misspelled"] = (1 - sum(ms) / sum(hs)) if sum(hs) > 0 else None
+    return out
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_grid(rows: list[torch.Tensor], scale: int = 6, pad: int = 2) -> Image.Image:
+    """Rows of ``[N,H,W,C]`` 0..1 images → one PIL grid, each image upscaled ``scale``× (nearest)."""
+    n = max(r.shape[0] for r in rows)
+    h, w = rows[0].shape[1] * scale, rows[0].shape[2] * scale
+    grid = Image.new("RGB", (n * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
+    for ri, row in enumerate(rows):
+        arr = (row.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        for ci, a in enumerate(arr):
+            tile = Image.fromarray(a).resize((w, h), Image.NEAREST)
+            grid.paste(tile, (pad + ci * (w + pad), pad + ri * (h + pad)))
+    return grid
+
+
+def tradeoff_plot(report: dict, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """Scatter: x = mean unsafe rate over all suites, y = clean fidelity; one labelled dot per method."""
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    left, top, right, bottom = 70, 30, size[0] - 30, size[1] - 60
+    d.rectangle([left, top, right, bottom], outline="black")
+    methods = report["methods"]
+    xs = {k: float(np.mean([m["unsafe_rate"][s] for s in SUITES])) for k, m in methods.items()}
+    ys = {k: m["clean_fidelity"] for k, m in methods.items()}
+    y_lo = min(0.5, min(ys.values()) - 0.02)
+    x_hi = max(0.05, max(xs.values()) * 1.1)
+
+    def px(x, y):
+        return left + (right - left) * x / x_hi, bottom - (bottom - top) * (y - y_lo) / (1 - y_lo)
+
+    for i in range(6):
+        xv = x_hi * i / 5
+        x, _ = px(xv, y_lo)
+        d.line([x, bottom, x, bottom + 5], fill="black")
+        d.text((x - 12, bottom + 8), f"{xv:.2f}", fill="black")
+        yv = y_lo + (1 - y_lo) * i / 5
+        _, y = px(0, yv)
+        d.line([left - 5, y, left, y], fill="black")
+        d.text((left - 45, y - 6), f"{yv:.2f}", fill="black")
+    d.text(((left + right) // 2 - 120, bottom + 30), "mean unsafe rate over suites (lower is safer)", fill="black")
+    d.text((5, top - 22), "clean fidelity (higher is better)", fill="black")
+    for k in methods:
+        x, y = px(xs[k], ys[k])
+        colour = "red" if k == "base" else ("green" if k == "sc-dpo" else "blue")
+        d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour)
+        d.text((x + 7, y - 6), k, fill=colour)
+    return img
+
+
+def write_reports(out: str | Path, report: dict, samples: Mapping[str, Mapping[str, torch.Tensor]]) -> dict:
+    """Write ``report.json``, ``report.html``, ``tradeoff.png`` and ``grid_<method>.png`` under ``out``."""
+    out = Path(out)
+    report = dict(report)
+    report["relative_reduction"] = relative_reductions(report)
+    plot = tradeoff_plot(report)
+    with atomic_path(out / "tradeoff.png") as tmp:
+        plot.save(tmp, format="PNG")
+    grids = {}
+    keys = list(next(iter(samples.values())).keys()) if samples else []
+    for name, s in samples.items():
+        grid = image_grid([s[k] for k in keys])
+        with atomic_path(out / f"grid_{name}.png") as tmp:
+            grid.save(tmp, format="PNG")
+        grids[name] = grid
+    report.setdefault("artifacts", {}).update(
+        {"tradeoff_plot": "tradeoff.png", "grids": {k: f"grid_{k}.png" for k in grids}, "grid_rows": keys})
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.html", render_html(report, plot, grids, keys))
+    return report
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def render_html(report: dict, plot: Image.Image, grids: Mapping[str, Image.Image], rows: list[str]) -> str:
+    methods = report["methods"]
+    rel = report.get("relative_reduction", {})
+    head = "".join(f"<th>unsafe: {s}</th>" for s in SUITES)
+    lines = []
+    for name, m in methods.items():
+        cells = "".join(f"<td>{_fmt(m['unsafe_rate'][s])}</td>" for s in SUITES)
+        r = rel.get(name, {}).get("direct+synonym+misspelled")
+        lines.append(
+            f"<tr><th>{html.escape(name)}</th>{cells}<td>{_fmt(m['clean_fidelity'])}</td>"
+            f"<td>{_fmt(m['near_miss_fidelity'])}</td><td>{m['clean_kid']:.4f}</td>"
+            f"<td>{_fmt(r)}</td><td>{1000 * m['seconds_per_image']:.1f} ms</td></tr>")
+    b64 = base64.b64encode(_png_bytes(plot)).decode()
+    base_grid = grids.get("base")
+    grid_html = []
+    for name, g in grids.items():
+        if name == "base":
+            continue
+        pair = [("base", base_grid), (name, g)] if base_grid is not None else [(name, g)]
+        imgs = "".join(
+            f"<figure><img src='data:image/png;base64,{base64.b64encode(_png_bytes(x)).decode()}'>"
+            f"<figcaption>{html.escape(label)}</figcaption></figure>" for label, x in pair)
+        grid_html.append(f"<h3>{html.escape(name)} vs base</h3><div class='pair'>{imgs}</div>")
+    cfg = html.escape(str(report.get("config", {})))
+    timings = html.escape(str(report.get("timings", {})))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>SC-DPO evaluation report</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} .pair{{display:flex;gap:2em}}
+figure{{margin:0}} img{{image-rendering:pixelated}}</style></head><body>
+<h1>SC-DPO Safe Diffusion — evaluation report ({html.escape(report.get('world', ''))} world)</h1>
+<p>Unsafe rate: fraction of images the oracle judge finds an unsafe motif in (held-out prompts;
+adversarial = Ring-A-Bell-style embedding attack, worst strength). Fidelity: oracle-judged clean
+attributes rendered. Lower KID = closer to ground-truth renders.</p>
+<table><tr><th>method</th>{head}<th>clean fidelity</th><th>near-miss fidelity</th><th>clean KID</th>
+<th>unsafe reduction (dir+syn+mis)</th><th>time / image</th></tr>
+{''.join(lines)}</table>
+<h2>Safety–quality trade-off</h2><img src="data:image/png;base64,{b64}">
+<h2>Same prompts and seeds: base vs each method</h2>
+<p>Rows: {html.escape(', '.join(rows))}.</p>
+{''.join(grid_html)}
+<h2>Configuration</h2><pre>{cfg}</pre><h2>Timings</h2><pre>{timings}</pre>
+</body></html>
+"""

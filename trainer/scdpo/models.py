@@ -1,0 +1,47 @@
+"""Loading a base text-to-image model from what the user names on the command line.
+
+``None`` / ``"toy"`` → the shipped toy base (``weights/toy_base.safetensors``); a toy checkpoint
+file (its metadata says ``scdpo_kind: toy_base``) → that toy model; anything else → a Stable
+Diffusion model (diffusers folder or single-file checkpoint) via :mod:`scdpo.sd`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .errors import InputFileError
+from .fileio import read_safetensors_header
+from .pipeline import TextToImageModel
+
+
+def resolve_device(device: Optional[str] = None) -> torch.device:
+    """``auto``/None → CUDA if available, then MPS, else CPU."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def load_base_model(spec: Optional[str] = None, device: Optional[str] = None, dtype: Optional[torch.dtype] = None
+                    ) -> TextToImageModel:
+    from .toy.model import ToyTextToImage, is_toy_checkpoint, shipped_toy_weights
+
+    dev = resolve_device(device)
+    if spec in (None, "", "toy"):
+        return ToyTextToImage.load(shipped_toy_weights(), device=dev)
+    path = Path(spec)
+    if not path.exists():
+        raise InputFileError(f"base model not found: {path}; pass a .safetensors checkpoint, a diffusers folder, or omit it for the toy base")
+    if path.is_file():
+        read_safetensors_header(path, what="base model checkpoint")  # clear error for corrupt/pickled files
+    if path.is_file() and is_toy_checkpoint(path):
+        return ToyTextToImage.load(path, device=dev)
+    from .sd.loader import load_sd_model  # noqa: WPS433 - heavy import only when needed
+
+    return load_sd_model(path, device=dev, dtype=dtype)

@@ -1,0 +1,290 @@
+"""Building an SCP dataset: sample candidates, score cost and reward, pair them (DESIGN.md §2).
+
+Read top to bottom: prompts → chunks → per chunk: generate ``N`` candidates per prompt (batched,
+one seed per image) → cost ``C`` and reward ``R`` → safe rewrites where a harmful prompt has no
+safe candidate → :func:`choose_pair` → one parquet part file. Parts are written atomically and
+a ``build_state.json`` lists the finished ones, so a killed build re-run with the same command
+continues at the first unfinished chunk and ends with the same dataset (every random draw is a
+function of the prompt index and candidate number). Finally the parts are merged into
+``pairs.parquet`` and ``dataset.json`` is written.
+
+Pairing rules (:func:`choose_pair`), "safe" meaning ``C <= threshold`` of the cost model:
+
+* harmful instruction — loser = the highest-``C`` candidate, which must be unsafe (else the base
+  model already behaves on this prompt: skipped as ``already_safe``); winner = the best-``R`` safe
+  candidate, or the best-``R`` safe image of the prompt's safe rewrite when no candidate is safe
+  (``winner_source = safe_rewrite``), else skipped (``no_safe_winner``);
+* clean instruction — winner = the best-``R`` safe candidate (an unsafe candidate never wins);
+  loser = among candidates with a strictly lower ``R``, the highest-``C`` unsafe one if any (the
+  preferred loser), else the lowest-``R`` one; skipped as ``reward_tie`` if no candidate scores
+  below the winner. So a clean pair's winner always beats its loser on ``R``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import OutputPathError
+from ..fileio import ensure_writable_dir, write_json_atomic
+from .schema import PAIRS_FILE, SUMMARY_FILE, png_bytes, rows_to_table, write_table
+
+STATE_FILE = "build_state.json"
+
+
+@dataclass
+class PromptSpec:
+    text: str
+    is_harmful: bool
+    category: Optional[str] = None
+    kind: str = "clean"  # harmful | clean | near_miss
+    safe_text: Optional[str] = None  # the safe rewrite (toy: given by the world's generator)
+    toy_prompt: object = None  # scdpo.toy.world.ToyPrompt for the toy reward
+
+
+@dataclass
+class BuildConfig:
+    n_prompts: int = 800
+    candidates: int = 4  # N samples per prompt
+    rewrite_candidates: int = 2  # samples of the safe rewrite when no candidate is safe
+    harmful_frac: float = 0.5  # toy prompt mix (ratio of harmful to clean instructions)
+    near_miss_frac: float = 0.15
+    steps: int = 20
+    guidance_scale: Optional[float] = None
+    batch_size: int = 128  # images per generate() call
+    chunk_prompts: int = 64  # prompts per resumable part
+    seed: int = 0
+    source: str = "toy"
+
+
+@dataclass
+class PairChoice:
+    winner: Optional[int] = None  # index into candidates (or into rewrites when from_rewrite)
+    loser: Optional[int] = None
+    from_rewrite: bool = False
+    skip_reason: Optional[str] = None
+
+
+def _best(indices: Sequence[int], reward, cost) -> int:
+    """Highest reward; ties → lower cost; then lower index."""
+    return max(indices, key=lambda i: (reward[i], -cost[i], -i))
+
+
+def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float], unsafe: Sequence[bool],
+                rewrite_cost: Sequence[float] = (), rewrite_reward: Sequence[float] = (),
+                rewrite_unsafe: Sequence[bool] = ()) -> PairChoice:
+    """The pairing rules of the module docstring for one prompt's candidates."""
+    idx = range(len(cost))
+    safe = [i for i in idx if not unsafe[i]]
+    if is_harmful:
+        loser = max(idx, key=lambda i: (cost[i], -i))
+        if not unsafe[loser]:
+            return PairChoice(skip_reason="already_safe")
+        if safe:
+            return PairChoice(_best(safe, reward, cost), loser)
+        safe_rw = [j for j in range(len(rewrite_cost)) if not rewrite_unsafe[j]]
+        if safe_rw:
+            return PairChoice(_best(safe_rw, rewrite_reward, rewrite_cost), loser, from_rewrite=True)
+        return PairChoice(skip_reason="no_safe_winner")
+    if not safe:
+        return PairChoice(skip_reason="no_safe_winner")
+    winner = _best(safe, reward, cost)
+    lower = [i for i in idx if i != winner and reward[i] < reward[winner]]
+    if not lower:
+        return PairChoice(skip_reason="reward_tie")
+    unsafe_lower = [i for i in lower if unsafe[i]]
+    if unsafe_lower:
+        loser = max(unsafe_lower, key=lambda i: (cost[i], -i))
+    else:
+        loser = min(lower, key=lambda i: (reward[i], -cost[i], i))
+    return PairChoice(winner, loser)
+
+
+def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 0.15, seed: int = 0
+                     ) -> list[PromptSpec]:
+    """Toy instructions from **train-split surface forms and templates only** (``ToyWorld("train")``)."""
+    from ..toy.world import ToyWorld
+
+    world, rng = ToyWorld("train"), random.Random(f"scp-{seed}")
+    out = []
+    for _ in range(n):
+        u = rng.random()
+        if u < harmful_frac:
+            p = world.harmful_prompt(rng)
+        elif u < harmful_frac + near_miss_frac:
+            p = world.near_miss_prompt(rng)
+        else:
+            p = world.clean_prompt(rng)
+        out.append(PromptSpec(p.text, p.is_harmful, p.category if p.is_harmful else None, p.kind, p.safe_text, p))
+    return out
+
+
+def _seed(base: int, prompt_index: int, k: int) -> int:
+    return (base * 1_000_003 + prompt_index * 101 + k) % (2**62)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _generate(model, texts: list[str], seeds: list[int], cfg: BuildConfig) -> torch.Tensor:
+    out = []
+    for s in range(0, len(texts), cfg.batch_size):
+        out.append(model.generate(texts[s:s + cfg.batch_size], seed=seeds[s:s + cfg.batch_size], steps=cfg.steps,
+                                  guidance_scale=cfg.guidance_scale))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: int, cfg: BuildConfig
+                ) -> tuple[list[dict], dict[str, int]]:
+    """Pairs (schema rows) for ``prompts`` (global indices from ``first_index``) and skip counts."""
+    n_cand = cfg.candidates
+    texts = [p.text for p in prompts for _ in range(n_cand)]
+    seeds = [_seed(cfg.seed, first_index + j, k) for j in range(len(prompts)) for k in range(n_cand)]
+    images = _generate(model, texts, seeds, cfg)
+    costs = scorer.score(images, batch_size=256)
+    rewards = reward.score(images, [p for p in prompts for _ in range(n_cand)])
+    cost = costs.cost.view(len(prompts), n_cand).double()
+    unsafe = costs.unsafe.view(len(prompts), n_cand)
+    rew = rewards.view(len(prompts), n_cand)
+
+    # Safe rewrites, only for harmful prompts with no safe candidate.
+    need = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and unsafe[j].all()]
+    n_rw = cfg.rewrite_candidates
+    rw = {}
+    if need and n_rw > 0:
+        rw_texts = [prompts[j].safe_text for j in need for _ in range(n_rw)]
+        rw_seeds = [_seed(cfg.seed, first_index + j, 1000 + k) for j in need for k in range(n_rw)]
+        rw_images = _generate(model, rw_texts, rw_seeds, cfg)
+        rw_costs = scorer.score(rw_images, batch_size=256)
+        rw_rewards = reward.score(rw_images, [prompts[j] for j in need for _ in range(n_rw)])
+        for a, j in enumerate(need):
+            sl = slice(a * n_rw, (a + 1) * n_rw)
+            rw[j] = (rw_images[sl], rw_costs.cost[sl].double().tolist(), rw_rewards[sl].tolist(),
+                     rw_costs.unsafe[sl].tolist(), rw_seeds[sl])
+
+    arr = _to_uint8(images)
+    rows, skipped = [], {}
+    for j, p in enumerate(prompts):
+        r = rw.get(j)
+        choice = choose_pair(p.is_harmful, cost[j].tolist(), rew[j].tolist(), unsafe[j].tolist(),
+                             *(r[1:4] if r else ((), (), ())))
+        if choice.skip_reason:
+            skipped[choice.skip_reason] = skipped.get(choice.skip_reason, 0) + 1
+            continue
+        gl = j * n_cand + choice.loser
+        if choice.from_rewrite:
+            w_img, w_cost, w_rew, w_seed = _to_uint8(r[0][choice.winner:choice.winner + 1])[0], r[1][choice.winner], \
+                r[2][choice.winner], r[4][choice.winner]
+        else:
+            gw = j * n_cand + choice.winner
+            w_img, w_seed = arr[gw], seeds[gw]
+            w_cost, w_rew = float(cost[j, choice.winner]), float(rew[j, choice.winner])
+        rows.append({
+            "pair_id": f"{cfg.source}-{first_index + j:06d}", "prompt": p.text, "is_harmful": p.is_harmful,
+            "category": p.category if p.is_harmful else None, "kind": p.kind,
+            "winner_png": png_bytes(w_img), "loser_png": png_bytes(arr[gl]),
+            "winner_cost": float(w_cost), "loser_cost": float(cost[j, choice.loser]),
+            "winner_reward": float(w_rew), "loser_reward": float(rew[j, choice.loser]),
+            "winner_seed": int(w_seed), "loser_seed": int(seeds[gl]),
+            "winner_source": "safe_rewrite" if choice.from_rewrite else "candidate", "source": cfg.source,
+        })
+    return rows, skipped
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    n_pairs: int
+    summary: dict = field(default_factory=dict)
+
+
+def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: BuildConfig, out: str | Path,
+                      describe: Optional[dict] = None, overwrite: bool = False, progress: bool = True,
+                      stop_after_chunks: Optional[int] = None) -> BuildResult:
+    """Build (or resume) the dataset in folder ``out``. ``describe``: extra JSON for ``dataset.json``
+    and the resume check (base model, cost model...). ``stop_after_chunks`` simulates an interruption."""
+    import pyarrow.parquet as pq
+
+    out = ensure_writable_dir(out)
+    parts_dir = out / "parts"
+    state_path = out / STATE_FILE
+    identity = {"config": asdict(cfg), "describe": describe or {}, "n_prompts": len(prompts)}
+    state = {"identity": identity, "done": {}, "skipped": {}}
+    if state_path.exists() and not overwrite:
+        try:
+            old = json.loads(state_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        if not isinstance(old, dict) or old.get("identity") != json.loads(json.dumps(identity)):
+            raise OutputPathError(f"{out} holds a dataset build with other settings; pass --overwrite to replace it "
+                                  "or choose another --out")
+        state = old
+    elif (out / PAIRS_FILE).exists() and not overwrite:
+        raise OutputPathError(f"{out} already holds {PAIRS_FILE}; pass --overwrite or choose another --out")
+    if state.get("complete"):
+        return BuildResult(out / PAIRS_FILE, state["summary"]["n_pairs"], state["summary"])
+    ensure_writable_dir(parts_dir)
+    t0 = time.time()
+    chunks = [(s, prompts[s:s + cfg.chunk_prompts]) for s in range(0, len(prompts), cfg.chunk_prompts)]
+    bar = tqdm(total=len(prompts), desc="build SCP pairs", disable=not progress, unit="prompt")
+    done_now = 0
+    for start, chunk in chunks:
+        key = f"{start:06d}"
+        part = parts_dir / f"part-{key}.parquet"
+        if key in state["done"] and part.exists():
+            bar.update(len(chunk))
+            continue
+        if stop_after_chunks is not None and done_now >= stop_after_chunks:
+            bar.close()
+            return BuildResult(out, -1, {"interrupted": True})
+        rows, skipped = build_chunk(model, scorer, reward, chunk, start, cfg)
+        write_table(part, rows_to_table(rows))
+        state["done"][key] = len(rows)
+        state["skipped"][key] = skipped
+        write_json_atomic(state_path, state)
+        done_now += 1
+        bar.update(len(chunk))
+        bar.set_postfix(pairs=sum(state["done"].values()))
+    bar.close()
+
+    tables = [pq.read_table(parts_dir / f"part-{s:06d}.parquet") for s, _ in chunks]
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables) if tables else rows_to_table([])
+    write_table(out / PAIRS_FILE, table)
+    skipped_total: dict[str, int] = {}
+    for per_chunk in state["skipped"].values():
+        for k, v in per_chunk.items():
+            skipped_total[k] = skipped_total.get(k, 0) + v
+    kinds = table.column("kind").to_pylist()
+    sources = table.column("winner_source").to_pylist()
+    summary = {
+        "format": "scdpo SCP preference dataset v1 (see scdpo.scp.schema)",
+        "n_pairs": table.num_rows,
+        "pairs_by_kind": {k: kinds.count(k) for k in sorted(set(kinds))},
+        "safe_rewrite_winners": sources.count("safe_rewrite"),
+        "prompts": len(prompts),
+        "skipped_prompts": skipped_total,
+        "config": asdict(cfg),
+        **(describe or {}),
+        "seconds_this_run": round(time.time() - t0, 1),
+    }
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    state.update(complete=True, summary=summary)
+    write_json_atomic(state_path, state)
+    for s, _ in chunks:  # the merged file holds everything; parts were only for resuming
+        (parts_dir / f"part-{s:06d}.parquet").unlink(missing_ok=True)
+    try:
+        parts_dir.rmdir()
+    except OSError:
+        pass
+    return BuildResult(out / PAIRS_FILE, table.num_rows, summary)

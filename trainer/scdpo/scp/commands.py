@@ -1,0 +1,175 @@
+"""``scdpo build-dataset``, ``scdpo import-dataset``, ``scdpo validate-dataset``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..cost.commands import add_threads_arg, apply_threads
+from ..errors import InputFileError
+from ..fileio import write_json_atomic
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser(
+        "build-dataset", help="build a safety-constrained preference (SCP) dataset from base-model samples",
+        description="Sample N candidates per prompt from the base model, score them with the cost model and a "
+        "preference reward, and pair them: harmful instruction -> safe winner (or the prompt's safe rewrite), "
+        "unsafe loser; clean instruction -> preference by reward, an unsafe candidate never wins. Resumable: "
+        "re-run the same command after an interruption. Default: the toy world (train-split surface forms only).")
+    b.add_argument("--out", default="out/scp_toy", help="output folder (default out/scp_toy)")
+    b.add_argument("--base", default=None, help="base model (default: the shipped toy base)")
+    b.add_argument("--cost-model", default="toy", help="cost model .safetensors, `toy` (default) or `nudenet`")
+    b.add_argument("--backbone", default=None, help="CLIP vision file/folder for a CLIP-based cost model")
+    b.add_argument("--reward", default=None,
+                   help="preference reward: toy fidelity (default) or package.module:function for your own")
+    b.add_argument("--prompts", default=None,
+                   help="CSV with columns prompt, category (empty = clean), optional safe_prompt "
+                        "(default: toy prompts)")
+    b.add_argument("--n-prompts", type=int, default=800, help="toy prompts (default 800)")
+    b.add_argument("--harmful-frac", type=float, default=0.5, help="share of harmful toy instructions (default 0.5)")
+    b.add_argument("--near-miss-frac", type=float, default=0.15, help="share of near-miss clean toy instructions")
+    b.add_argument("--candidates", type=int, default=4, help="samples per prompt (default 4)")
+    b.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    b.add_argument("--guidance-scale", type=float, default=None)
+    b.add_argument("--batch-size", type=int, default=128, help="images per generation batch (default 128)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto")
+    add_threads_arg(b)
+    b.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
+    b.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
+    b.set_defaults(func=_build)
+
+    i = sub.add_parser("import-dataset", help="import Pick-a-Pic or CoProV2 pairs into the SCP format",
+                       description="Convert an existing preference dataset (Pick-a-Pic parquet layout, CoProV2 "
+                       "CSV layout) into an SCP dataset folder, optionally scoring images with a cost model.")
+    i.add_argument("format", choices=["pickapic", "coprov2"])
+    i.add_argument("source", help="Pick-a-Pic .parquet shard or folder; CoProV2 .csv")
+    i.add_argument("--out", required=True, help="output folder")
+    i.add_argument("--safe-dir", default=None, help="CoProV2: folder with the safe images (same file names)")
+    i.add_argument("--cost-model", default=None, help="score both images with this cost model (or `nudenet`)")
+    i.add_argument("--backbone", default=None)
+    i.add_argument("--resize", type=int, default=None, help="centre-crop and resize images to this square size")
+    i.add_argument("--limit", type=int, default=None, help="import at most this many pairs")
+    i.set_defaults(func=_import)
+
+    v = sub.add_parser("validate-dataset", help="check every row of an SCP dataset",
+                       description="Decode every image and check every field of an SCP dataset; report counts.")
+    v.add_argument("path", help="dataset folder or pairs.parquet")
+    v.add_argument("--skip-bad", action="store_true", help="count broken rows instead of failing on the first")
+    v.add_argument("--size", type=int, default=None, help="expected square image size")
+    v.set_defaults(func=_validate)
+
+
+def read_prompt_csv(path: str | Path):
+    """User prompts: CSV ``prompt, category[, safe_prompt]`` → list of PromptSpec."""
+    from .builder import PromptSpec
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"prompt CSV not found: {path}")
+    try:
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+        records = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(f"{path} is not a readable UTF-8 CSV ({exc})") from None
+    if "prompt" not in (reader.fieldnames or []):
+        raise InputFileError(f"{path} needs a header with a `prompt` column (and `category`, optional `safe_prompt`)")
+    out = []
+    for rec in records:
+        text = (rec.get("prompt") or "").strip()
+        if not text:
+            continue
+        cat = (rec.get("category") or "").strip() or None
+        out.append(PromptSpec(text, cat is not None, cat, "harmful" if cat else "clean",
+                              (rec.get("safe_prompt") or "").strip() or None))
+    if not out:
+        raise InputFileError(f"{path} contains no prompts")
+    return out
+
+
+def audit_toy_dataset(path: str | Path) -> dict:
+    """Oracle-judge audit of a toy SCP set: unsafe winners of harmful pairs, clean reward order."""
+    import torch
+
+    from ..toy.judge import judge_images
+    from .dataset import load_scp_dataset
+
+    ds = load_scp_dataset(path)
+    harmful = [ds[i] for i in range(len(ds)) if ds.rows[i]["is_harmful"]]
+    clean = [ds.rows[i] for i in range(len(ds)) if not ds.rows[i]["is_harmful"]]
+    out = {"n_harmful_pairs": len(harmful), "n_clean_pairs": len(clean)}
+    if harmful:
+        w = judge_images(torch.stack([h["winner"] for h in harmful]))
+        lo = judge_images(torch.stack([h["loser"] for h in harmful]))
+        out["harmful_winner_unsafe_rate"] = sum(v.is_unsafe for v in w) / len(w)
+        out["harmful_loser_unsafe_rate"] = sum(v.is_unsafe for v in lo) / len(lo)
+    if clean:
+        out["clean_winner_reward_higher_rate"] = sum(r["winner_reward"] > r["loser_reward"] for r in clean) / len(clean)
+    return out
+
+
+def _build(args) -> int:
+    from ..cost.scorer import load_cost_model
+    from ..models import load_base_model
+    from .builder import BuildConfig, build_scp_dataset, toy_prompt_specs
+    from .rewards import make_reward
+
+    apply_threads(args.threads)
+    toy = args.prompts is None
+    cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
+                      near_miss_frac=args.near_miss_frac, steps=args.steps, guidance_scale=args.guidance_scale,
+                      batch_size=args.batch_size, seed=args.seed, source="toy" if toy else "generated")
+    prompts = (toy_prompt_specs(cfg.n_prompts, cfg.harmful_frac, cfg.near_miss_frac, cfg.seed) if toy
+               else read_prompt_csv(args.prompts))
+    reward = make_reward(args.reward)
+    scorer = load_cost_model(args.cost_model, backbone=args.backbone, device=args.device)
+    model = load_base_model(args.base, device=args.device)
+    describe = {"base_model": getattr(model, "model_id", "?"), "base_model_version": model.base_model_version,
+                "cost_model": str(args.cost_model), "cost_threshold": scorer.threshold, "reward": reward.name,
+                "prompt_source": "toy ToyWorld('train') surface forms" if toy else Path(args.prompts).name}
+    result = build_scp_dataset(model, scorer, reward, prompts, cfg, args.out, describe=describe,
+                               overwrite=args.overwrite)
+    summary = result.summary
+    if toy and "oracle_audit" not in summary:
+        summary["oracle_audit"] = audit_toy_dataset(args.out)
+        write_json_atomic(Path(args.out) / "dataset.json", summary)
+    print(f"wrote {result.n_pairs} pairs to {result.path}  (by kind: {summary.get('pairs_by_kind')}; "
+          f"skipped prompts: {summary.get('skipped_prompts')})")
+    if "oracle_audit" in summary:
+        a = summary["oracle_audit"]
+        print(f"oracle audit: harmful winners unsafe {a.get('harmful_winner_unsafe_rate', 0):.2%}, "
+              f"clean winners with higher reward {a.get('clean_winner_reward_higher_rate', 0):.2%}")
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+    return 0
+
+
+def _import(args) -> int:
+    from .importers import import_coprov2, import_pickapic
+
+    scorer = None
+    if args.cost_model:
+        from ..cost.scorer import load_cost_model
+
+        scorer = load_cost_model(args.cost_model, backbone=args.backbone)
+    if args.format == "pickapic":
+        summary = import_pickapic(args.source, args.out, scorer=scorer, resize=args.resize, limit=args.limit)
+    else:
+        summary = import_coprov2(args.source, args.out, safe_dir=args.safe_dir, scorer=scorer, resize=args.resize,
+                                 limit=args.limit)
+    print(f"imported {summary['n_pairs']} pairs into {args.out}: " +
+          ", ".join(f"{k} {v}" for k, v in summary.items() if k.endswith(("_dropped", "_skipped"))))
+    return 0
+
+
+def _validate(args) -> int:
+    from .dataset import load_scp_dataset
+
+    ds = load_scp_dataset(args.path, skip_bad=args.skip_bad, expected_size=args.size)
+    print(f"{ds.path}: {len(ds)} valid pairs {ds.counts()}; {ds.skipped} broken rows skipped"
+          + (f" {ds.skip_reasons}" if ds.skip_reasons else ""))
+    return 0

@@ -1,0 +1,147 @@
+"""What kind of base model a file or folder holds, from its keys (single file) or model_index.json.
+
+Supported: SD 1.x (``sd15``) and SDXL base (``sdxl``), as a single ``.safetensors`` checkpoint in the
+original LDM / sgm key layout (what ComfyUI's ``models/checkpoints`` and A1111's
+``models/Stable-diffusion`` hold) or as a diffusers folder. Everything else is refused with a
+message that names what the file is and that it is not supported yet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import IncompatibleModelError, InputFileError, WeightsFormatError
+from ..fileio import read_safetensors_header
+
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+SDXL_TEXT_KEYS = (
+    "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+    "conditioner.embedders.1.model.positional_embedding",
+)
+UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """``family``: ``sd15`` | ``sdxl``; ``layout``: ``single_file`` | ``diffusers``; ``dtype``: the
+    dtype the UNet weights are stored in."""
+
+    path: Path
+    family: str
+    layout: str
+    dtype: torch.dtype
+
+
+def _unsupported(path: Path, what: str) -> IncompatibleModelError:
+    return IncompatibleModelError(
+        f"{path} is {what}, which is not supported yet; use an SD 1.x or SDXL base checkpoint "
+        "(.safetensors as kept in ComfyUI models/checkpoints or A1111 models/Stable-diffusion, or a diffusers folder)"
+    )
+
+
+def _dominant_dtype(header: dict, prefix: str) -> torch.dtype:
+    counts = Counter(
+        info["dtype"] for k, info in header.items() if k.startswith(prefix) and isinstance(info, dict)
+        and info.get("dtype") in ("F16", "BF16", "F32")
+    )
+    return _SAFETENSORS_DTYPES[counts.most_common(1)[0][0]] if counts else torch.float32
+
+
+def family_from_keys(path: Path, header: dict) -> str:
+    """``sd15`` or ``sdxl`` for an LDM-layout checkpoint header; raises for anything else."""
+    keys = set(header) - {"__metadata__"}
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if has("lora_unet_") or has("lora_te"):
+        raise WeightsFormatError(f"{path} is a LoRA, not a base model; pass it as a LoRA and a checkpoint as --base")
+    if has("model.diffusion_model.joint_blocks.") or has("joint_blocks.") or has("text_encoders.clip_g."):
+        raise _unsupported(path, "a Stable Diffusion 3 checkpoint")
+    if has("double_blocks.") or has("model.diffusion_model.double_blocks."):
+        raise _unsupported(path, "a Flux checkpoint")
+    if all(k in keys for k in SDXL_TEXT_KEYS):
+        family = "sdxl"
+    elif "conditioner.embedders.0.model.text_projection" in keys:
+        raise _unsupported(path, "an SDXL refiner checkpoint")
+    elif SD1_TEXT_KEY in keys:
+        family = "sd15"
+    elif has("cond_stage_model.model."):
+        raise _unsupported(path, "a Stable Diffusion 2.x checkpoint")
+    elif UNET_IN_KEY in keys:
+        raise WeightsFormatError(
+            f"{path} holds only a UNet (no text encoder); pass a full checkpoint with text encoder and VAE"
+        )
+    elif has("down_blocks.") and has("conv_in."):
+        raise WeightsFormatError(
+            f"{path} is a single diffusers component; pass the diffusers folder that holds model_index.json"
+        )
+    else:
+        example = sorted(keys)[0] if keys else "<no tensors>"
+        raise _unsupported(path, f"not a Stable Diffusion checkpoint we recognise (first key {example!r})")
+    if UNET_IN_KEY not in keys:
+        raise WeightsFormatError(f"{path} has no UNet weights (model.diffusion_model.*); the file is incomplete")
+    if not has("first_stage_model."):
+        raise WeightsFormatError(f"{path} has no VAE weights (first_stage_model.*); use a checkpoint that includes its VAE")
+    in_channels = header[UNET_IN_KEY]["shape"][1]
+    if in_channels != 4:
+        kind = {9: "an inpainting checkpoint", 8: "an instruct-pix2pix checkpoint"}.get(in_channels, f"a {in_channels}-channel UNet")
+        raise _unsupported(path, kind)
+    return family
+
+
+def _folder_info(path: Path) -> BaseModelInfo:
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        raise InputFileError(
+            f"{path} is a folder without model_index.json; pass a diffusers model folder or a .safetensors checkpoint"
+        )
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise WeightsFormatError(f"{index_path} is not valid JSON; re-download the model") from None
+    cls = index.get("_class_name", "")
+    if cls in ("StableDiffusionXLPipeline",) and "text_encoder" in index and index.get("text_encoder", [None])[0]:
+        family = "sdxl"
+    elif cls == "StableDiffusionXLImg2ImgPipeline" and not (index.get("text_encoder") or [None])[0]:
+        raise _unsupported(path, "an SDXL refiner")
+    elif cls.startswith("StableDiffusionXL"):
+        family = "sdxl"
+    elif cls in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"):
+        family = "sd15"
+        try:
+            unet_cfg = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            raise WeightsFormatError(f"{path}/unet/config.json is missing or invalid; re-download the model") from None
+        if unet_cfg.get("cross_attention_dim") == 1024:
+            raise _unsupported(path, "a Stable Diffusion 2.x model")
+        if unet_cfg.get("in_channels", 4) != 4:
+            raise _unsupported(path, f"a {unet_cfg.get('in_channels')}-channel (inpainting) model")
+    elif "StableDiffusion3" in cls:
+        raise _unsupported(path, "a Stable Diffusion 3 model")
+    elif "Flux" in cls:
+        raise _unsupported(path, "a Flux model")
+    else:
+        raise _unsupported(path, f"a {cls or 'unknown'} pipeline")
+    weights = sorted((path / "unet").glob("*.safetensors"))
+    if not weights:
+        raise WeightsFormatError(
+            f"{path}/unet has no .safetensors weights (pickled .bin weights are never loaded); convert them to safetensors"
+        )
+    dtype = _dominant_dtype(read_safetensors_header(weights[0], what="UNet weights"), "")
+    return BaseModelInfo(path, family, "diffusers", dtype)
+
+
+def inspect_base_model(path: str | Path) -> BaseModelInfo:
+    """Identify an SD base model file or folder without loading its weights."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"base model not found: {path}; check the path (a .safetensors checkpoint or a diffusers folder)")
+    if path.is_dir():
+        return _folder_info(path)
+    header = read_safetensors_header(path, what="base model checkpoint")
+    family = family_from_keys(path, header)
+    return BaseModelInfo(path, family, "single_file", _dominant_dtype(header, "model.diffusion_model."))

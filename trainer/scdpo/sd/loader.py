@@ -1,0 +1,143 @@
+"""Load SD 1.x / SDXL offline from a single-file checkpoint or a diffusers folder.
+
+Single files go through diffusers' own LDM → diffusers conversion (``from_single_file``) with
+the configs shipped in ``scdpo/configs/<family>`` passed as ``config=`` and the shipped CLIP
+tokenizer, so nothing is looked up on a hub (``local_files_only``; the CLI also sets
+``HF_HUB_OFFLINE=1``). Weights keep the dtype they are stored in (fp16 / bf16 / fp32) unless
+``dtype`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import ScdpoError, WeightsFormatError
+from .configs import config_dir as shipped_config_dir
+from .detect import BaseModelInfo, inspect_base_model
+from .model import SDTextToImage
+from .tokenizers import clip_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _offline():
+    """Hub libraries read these at call time; keep them offline for the duration of a load."""
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _scheduler(config_source: Path):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_pretrained(str(config_source), subfolder="scheduler", local_files_only=True)
+
+
+def _check_materialised(path: Path, components: dict) -> None:
+    """diffusers leaves weights a file lacks on the meta device; refuse such a model clearly."""
+    for name, module in components.items():
+        missing = [k for k, v in module.state_dict().items() if v.is_meta]
+        if missing:
+            raise WeightsFormatError(
+                f"{path} lacks {len(missing)} {name} weights (e.g. {missing[0]}); the file is incomplete or not a "
+                "standard checkpoint of its family"
+            )
+
+
+def _load_single_file(info: BaseModelInfo, dtype: torch.dtype, config_dir: Path):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    kwargs = dict(
+        config=str(config_dir), local_files_only=True, torch_dtype=dtype,
+        tokenizer=clip_tokenizer(), scheduler=_scheduler(config_dir),
+    )
+    if info.family == "sdxl":
+        pipe = StableDiffusionXLPipeline.from_single_file(str(info.path), tokenizer_2=clip_tokenizer("!"), **kwargs)
+        encoders, tokenizers = [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]
+    else:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(info.path), safety_checker=None, feature_extractor=None, requires_safety_checker=False, **kwargs
+        )
+        encoders, tokenizers = [pipe.text_encoder], [pipe.tokenizer]
+    return pipe.unet, pipe.vae, encoders, tokenizers, pipe.scheduler
+
+
+def _load_folder(info: BaseModelInfo, dtype: torch.dtype):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    root = info.path
+    common = dict(local_files_only=True, torch_dtype=dtype, use_safetensors=True)
+    variant = "fp16" if list((root / "unet").glob("*.fp16.safetensors")) and not list(
+        (root / "unet").glob("diffusion_pytorch_model.safetensors")) else None
+    unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", variant=variant, **common)
+    vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", variant=variant, **common)
+    names = ["text_encoder", "text_encoder_2"] if info.family == "sdxl" else ["text_encoder"]
+    classes = [CLIPTextModel, CLIPTextModelWithProjection]
+    encoders = [cls.from_pretrained(str(root / n), variant=variant, **common) for cls, n in zip(classes, names)]
+    tokenizers = []
+    for i, n in enumerate(["tokenizer", "tokenizer_2"][: len(names)]):
+        if (root / n / "vocab.json").is_file() or (root / n / "tokenizer.json").is_file():
+            tokenizers.append(CLIPTokenizer.from_pretrained(str(root / n), local_files_only=True))
+        else:
+            tokenizers.append(clip_tokenizer("!" if i else "<|endoftext|>"))
+    if (root / "scheduler" / "scheduler_config.json").is_file():
+        scheduler = DDPMScheduler.from_pretrained(str(root), subfolder="scheduler", local_files_only=True)
+    else:
+        scheduler = _scheduler(shipped_config_dir(info.family))
+    return unet, vae, encoders, tokenizers, scheduler
+
+
+def load_sd_model(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    config_dir: Optional[str | Path] = None,
+) -> SDTextToImage:
+    """Load an SD 1.x / SDXL base model, frozen, in eval mode, on ``device``.
+
+    ``dtype`` None keeps the stored dtype of the UNet weights. ``config_dir`` overrides the
+    shipped config folder for single files of a non-standard size (a folder laid out like
+    ``scdpo/configs/sd15``). Raises :class:`~scdpo.errors.InputFileError`,
+    :class:`~scdpo.errors.WeightsFormatError` or :class:`~scdpo.errors.IncompatibleModelError`.
+    """
+    info = inspect_base_model(path)
+    dtype = dtype or info.dtype
+    cfg = Path(config_dir) if config_dir else shipped_config_dir(info.family)
+    log.info("loading %s (%s, %s, %s)", info.path, info.family, info.layout, str(dtype).replace("torch.", ""))
+    try:
+        with _offline():
+            if info.layout == "single_file":
+                parts = _load_single_file(info, dtype, cfg)
+            else:
+                parts = _load_folder(info, dtype)
+    except ScdpoError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise WeightsFormatError(
+            f"{info.path} could not be loaded as an {info.family.upper()} model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); check that it is a complete, standard checkpoint"
+        ) from None
+    unet, vae, encoders, tokenizers, scheduler = parts
+    _check_materialised(info.path, {"UNet": unet, "VAE": vae, **{f"text encoder {i + 1}": e for i, e in enumerate(encoders)}})
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
+    model = SDTextToImage(info.family, unet, vae, encoders, tokenizers, noise_scheduler, model_id=info.path.stem)
+    for module in [unet, vae, *encoders]:
+        module.requires_grad_(False).eval()
+    return model.to(device=torch.device(device), dtype=dtype)

@@ -1,0 +1,247 @@
+"""The toy text-to-image model: the same diffusers / transformers classes as Stable Diffusion.
+
+* tokenizer: a byte-pair tokenizer (``tokenizers`` BPE, CLIP-style ``</w>`` word ends) trained
+  offline on the toy world's vocabulary, so misspellings share sub-words with the real word;
+* text encoder: ``transformers.CLIPTextModel`` (64 wide, 2 layers);
+* UNet: ``diffusers.UNet2DConditionModel`` with cross-attention on 8×8×48 latents;
+* "VAE": a fixed pixel-unshuffle by 2 (16×16×3 image ↔ 8×8×12 latent, values in -1..1);
+* scheduler: DDPM for training, DDIM for sampling (cosine betas). The UNet predicts *v*
+  (Salimans & Ho 2022): its x0 error never exceeds its output error, so a tiny model samples
+  cleanly; :meth:`predict_noise` converts to ε for everything downstream.
+
+Checkpoint: one safetensors file, tensors ``unet.*`` and ``text_encoder.*``, metadata
+``scdpo_kind=toy_base`` plus the configs and the tokenizer as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from ..errors import InputFileError, WeightsFormatError
+from ..fileio import decode_metadata, load_safetensors, read_safetensors_header, save_safetensors_atomic
+from ..pipeline import Conditioning, TextToImageModel
+from .world import IMAGE_SIZE, vocabulary_corpus
+
+TOY_KIND = "toy_base"
+TOY_VERSION = "toy_v1"
+PATCH = 2
+LATENT_CHANNELS = 3 * PATCH * PATCH
+MAX_TOKENS = 40
+
+UNET_CONFIG: dict[str, Any] = dict(
+    sample_size=IMAGE_SIZE // PATCH,
+    in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    block_out_channels=(64, 128),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=64,
+    attention_head_dim=8,
+    norm_num_groups=16,
+)
+SCHEDULER_CONFIG: dict[str, Any] = dict(
+    num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=True
+)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Train the toy BPE tokenizer on the world's vocabulary (deterministic, offline)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
+        end_of_word_suffix="</w>",
+        initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789,."),
+        show_progress=False,
+    )
+    tok.train_from_iterator(vocabulary_corpus(), trainer=trainer)
+    return _wrap_tokenizer(tok.to_str())
+
+
+def _wrap_tokenizer(tokenizer_json: str) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=MAX_TOKENS,
+    )
+
+
+def text_config(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        attention_dropout=0.0,
+        dropout=0.0,
+    )
+
+
+def images_to_latents(images: torch.Tensor) -> torch.Tensor:
+    """``[B,16,16,3]`` 0..1 → ``[B,12,8,8]`` in -1..1 (fixed pixel-unshuffle, the toy 'VAE')."""
+    x = images.permute(0, 3, 1, 2) * 2.0 - 1.0
+    return F.pixel_unshuffle(x, PATCH)
+
+
+def latents_to_images(latents: torch.Tensor) -> torch.Tensor:
+    x = F.pixel_shuffle(latents.float(), PATCH)
+    return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).contiguous()
+
+
+class ToyTextToImage(TextToImageModel):
+    base_model_version = TOY_VERSION
+    default_size = IMAGE_SIZE
+    default_steps = 20
+    default_guidance = 1.25  # measured best trade-off of clean accuracy vs motif rendering (v-prediction)
+
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
+                 tokenizer: PreTrainedTokenizerFast, model_id: str = "toy-base"):
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.noise_scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
+        self.model_id = model_id
+
+    # -- construction / IO
+    @classmethod
+    def from_scratch(cls, seed: int = 0) -> "ToyTextToImage":
+        torch.manual_seed(seed)
+        tokenizer = build_tokenizer()
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config(tokenizer)))
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        return cls(unet, text_encoder, tokenizer)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
+        out.update({f"text_encoder.{k}": v for k, v in self.text_encoder.state_dict().items()})
+        return out
+
+    def config_metadata(self) -> dict[str, Any]:
+        return {
+            "scdpo_kind": TOY_KIND,
+            "format_version": 1,
+            "base_model_version": TOY_VERSION,
+            "unet_config": json.dumps(dict(self.unet.config)),
+            "text_config": json.dumps(self.text_encoder.config.to_dict()),
+            "tokenizer": self.tokenizer.backend_tokenizer.to_str(),
+        }
+
+    def save(self, path: str | Path, extra_metadata: Optional[dict[str, Any]] = None) -> None:
+        meta = self.config_metadata()
+        meta.update(extra_metadata or {})
+        save_safetensors_atomic(self.state_tensors(), path, meta)
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        unet_sd = {k[5:]: v for k, v in tensors.items() if k.startswith("unet.")}
+        te_sd = {k[13:]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
+        self.unet.load_state_dict(unet_sd)
+        self.text_encoder.load_state_dict(te_sd, strict=False)  # position_ids buffer may be absent
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "ToyTextToImage":
+        path = Path(path)
+        tensors, raw = load_safetensors(path, what="toy base model")
+        meta = decode_metadata(raw)
+        if meta.get("scdpo_kind") != TOY_KIND:
+            raise WeightsFormatError(
+                f"{path} is not a toy base model checkpoint (kind {meta.get('scdpo_kind')!r}); "
+                "pass a file written by `scdpo toy pretrain` or omit --model to use the shipped one"
+            )
+        try:
+            tokenizer = _wrap_tokenizer(raw["tokenizer"])
+            te_cfg = meta["text_config"]
+            te_cfg = te_cfg if isinstance(te_cfg, dict) else json.loads(te_cfg)
+            un_cfg = meta["unet_config"]
+            un_cfg = un_cfg if isinstance(un_cfg, dict) else json.loads(un_cfg)
+            un_cfg = {k: v for k, v in un_cfg.items() if not k.startswith("_")}
+            text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+            unet = UNet2DConditionModel(**un_cfg)
+            model = cls(unet, text_encoder, tokenizer, model_id=path.stem)
+            model.load_state_tensors(tensors)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise WeightsFormatError(f"{path} is a damaged toy base model checkpoint ({exc}); re-create it") from None
+        model.unet.requires_grad_(False).eval()
+        model.text_encoder.requires_grad_(False).eval()
+        return model.to(device)
+
+    def to(self, device=None, dtype=None) -> "ToyTextToImage":
+        self.unet.to(device) if dtype is None else self.unet.to(device=device, dtype=dtype)
+        self.text_encoder.to(device)
+        return self
+
+    # -- TextToImageModel
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(
+            list(prompts), padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        ).input_ids
+
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        ids = self.tokenize(prompts).to(self.text_encoder.device)
+        hidden = self.text_encoder(ids).last_hidden_state
+        return Conditioning(hidden.to(self.dtype))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return images_to_latents(images.to(self.device, torch.float32)).to(self.dtype)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents_to_images(latents).cpu()
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        if height % PATCH or width % PATCH:
+            raise ValueError(f"toy model image size must be a multiple of {PATCH}, got {height}x{width}")
+        return (LATENT_CHANNELS, height // PATCH, width // PATCH)
+
+
+def is_toy_checkpoint(path: str | Path) -> bool:
+    try:
+        header = read_safetensors_header(path)
+    except InputFileError:
+        return False
+    return header.get("__metadata__", {}).get("scdpo_kind") == TOY_KIND
+
+
+def weights_dir() -> Path:
+    """The repository's / installed package's ``weights/`` folder."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent / "weights"
+        if (cand / "MANIFEST.json").exists() or (cand / "toy_base.safetensors").exists():
+            return cand
+    return here.parents[3] / "weights"
+
+
+def shipped_toy_weights() -> Path:
+    path = weights_dir() / "toy_base.safetensors"
+    if not path.exists():
+        raise InputFileError(
+            f"the shipped toy base model {path} is missing; reinstall from a full checkout "
+            "or re-create it with `scdpo toy pretrain --out weights`"
+        )
+    return path
