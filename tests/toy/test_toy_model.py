@@ -69,3 +69,17 @@ def test_foreign_and_corrupt_files_raise_one_clear_error(tmp_path):
     pickled.write_bytes(b"PK\x03\x04" + b"\0" * 64)
     with pytest.raises(WeightsFormatError, match="pickled"):
         ToyTextToImage.load(pickled)
+
+
+def test_tokenizer_is_the_same_in_every_process():
+    """The vocabulary must not depend on hash-map order: a resumed pretraining run rebuilds it."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from scdpo.toy.model import build_tokenizer; "
+            "print(hashlib.sha256(build_tokenizer().backend_tokenizer.to_str().encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+               for _ in range(2)}
+    here = hashlib.sha256(__import__("scdpo.toy.model", fromlist=["x"]).build_tokenizer().backend_tokenizer.to_str().encode())
+    assert digests == {here.hexdigest() + "\n"}

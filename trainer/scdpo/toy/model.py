@@ -52,21 +52,60 @@ SCHEDULER_CONFIG: dict[str, Any] = dict(
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Train the toy BPE tokenizer on the world's vocabulary (deterministic, offline)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+VOCAB_SIZE = 320
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789,."
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+
+def learn_bpe(words: Sequence[str], vocab_size: int = VOCAB_SIZE) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-pair merges learnt on ``words`` (each counted once), CLIP-style ``</w>`` word ends.
+
+    Written out rather than using ``tokenizers``' trainer because that one breaks ties between
+    equally frequent pairs in hash-map order, which differs from process to process: the same
+    seed would give a different vocabulary, and a resumed pretraining run would silently map the
+    checkpoint's embedding rows to other tokens. Here ties go to the lexicographically smallest
+    pair, so the vocabulary is a pure function of the world's word list.
+    """
+    vocab: dict[str, int] = {}
+    for tok in list(SPECIAL_TOKENS) + list(ALPHABET) + [c + "</w>" for c in ALPHABET]:
+        vocab.setdefault(tok, len(vocab))
+    seqs = [[*w[:-1], w[-1] + "</w>"] for w in words if w]
+    for seq in seqs:
+        for tok in seq:
+            vocab.setdefault(tok, len(vocab))
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size:
+        counts: dict[tuple[str, str], int] = {}
+        for seq in seqs:
+            for pair in zip(seq, seq[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merged = best[0] + best[1]
+        merges.append(best)
+        vocab.setdefault(merged, len(vocab))
+        for i, seq in enumerate(seqs):
+            out, j = [], 0
+            while j < len(seq):
+                if j + 1 < len(seq) and (seq[j], seq[j + 1]) == best:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(seq[j])
+                    j += 1
+            seqs[i] = out
+    return vocab, merges
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The toy BPE tokenizer for the world's vocabulary (deterministic, offline)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab, merges = learn_bpe(vocabulary_corpus())
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", end_of_word_suffix="</w>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
-        end_of_word_suffix="</w>",
-        initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789,."),
-        show_progress=False,
-    )
-    tok.train_from_iterator(vocabulary_corpus(), trainer=trainer)
     return _wrap_tokenizer(tok.to_str())
 
 
