@@ -138,7 +138,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     for method in ("activation", "average"):
         target = loras / f"safetydpo-{method}.safetensors"
         runner.run(f"merge SafetyDPO experts ({method})", lambda m=method, t=target: _cli(
-            ["merge-loras", *experts, "--method", m, "--out", str(t), "--data", str(scp)], verbose),
+            ["merge", *experts, "--method", m, "--out", str(t), "--base", "toy", "--data", str(scp)], verbose),
             skip=target.exists())
 
     lora_args = [f"sc-dpo={loras / 'sc-dpo.safetensors'}", f"diffusion-dpo={loras / 'diffusion-dpo.safetensors'}",

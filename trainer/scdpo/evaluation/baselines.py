@@ -123,7 +123,7 @@ def lora_method(name: str, model: TextToImageModel, path: str, strength: float =
     from ..lora import apply_lora, load_lora, remove_lora
 
     lora = load_lora(path)
-    adapter = "eval"
+    adapter = "scdpo_eval"
 
     return GenerationMethod(
         name,
