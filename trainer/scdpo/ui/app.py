@@ -206,6 +206,9 @@ def build_blocks(runner: Optional[JobRunner] = None, embedded: bool = False,
         poll_outputs = [status, progress, log, details, folder, gallery, report, seen]
         refresh.click(poll, inputs=[seen], outputs=poll_outputs, api_name="job_status")
         cancel.click(lambda: _cancel_message(runner), outputs=[notice], api_name="cancel")
+        # the job's state alone, for scripts and tests: ``client.predict(api_name="/job_state")``
+        state_button = _make(gr.Button, "job state", visible=False)
+        state_button.click(lambda: runner.snapshot(LOG_LINES), outputs=[details], api_name="job_state")
         show.click(lambda f: results_view(f.strip() if f else f), inputs=[folder], outputs=[gallery, report],
                    api_name="show_results")
         if hasattr(gr, "Timer"):
@@ -245,6 +248,10 @@ def _starter(runner: JobRunner, task, spec, dests: list[str]):
         return f"Started job {job.id}: " + "; ".join(f"`{c}`" for c in job.command_lines())
 
     start.__name__ = f"start_{task.key}"
+    # gradio names API parameters after the handler's signature: give the API the options' dests
+    # (``client.predict(steps=2, api_name="/start_train")``) instead of param_0, param_1, ...
+    start.__signature__ = inspect.Signature(
+        [inspect.Parameter(dest, inspect.Parameter.POSITIONAL_OR_KEYWORD) for dest in dests])
     return start
 
 
@@ -269,10 +276,19 @@ def serve(host: str = "127.0.0.1", port: int = 7870, workdir: str | os.PathLike 
     theme = _make(gr.themes.Default, font=["ui-sans-serif", "system-ui", "sans-serif"],
                   font_mono=["ui-monospace", "Consolas", "monospace"])
     launch = dict(server_name=host, server_port=port, share=False, inbrowser=open_browser,
-                  prevent_thread_lock=not block, show_error=True, quiet=False, theme=theme, css=_CSS,
+                  prevent_thread_lock=True, show_error=True, quiet=True, theme=theme, css=_CSS,
                   ssr_mode=False, mcp_server=False, enable_monitoring=False, pwa=False, run_history=False,
                   footer_links=["api", "settings"], max_file_size="64mb")
     _launch(blocks, **launch)
+    # our own line instead of gradio's, which suggests share=True (a public link we never create)
+    where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else f"bound to {host}"
+    print(f"SC-DPO trainer UI: {blocks.local_url} ({where}; jobs run in {runner.workdir}; Ctrl+C stops it)",
+          flush=True)
+    if block:
+        try:
+            blocks.block_thread()
+        finally:
+            runner.cancel()  # a job started from the page does not outlive the page's server
     return blocks
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 log = logging.getLogger(__name__)
 
@@ -37,5 +38,12 @@ def _run(args) -> int:
     require_gradio()  # raises the install hint before anything else happens
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can start jobs on this machine", args.host)
+    # SIGTERM (a service manager, `kill`) stops the server like Ctrl+C does: the running job is cancelled
+    # (its checkpoint stays) instead of living on, unseen, in its own process group
+    signal.signal(signal.SIGTERM, _interrupt)
     serve(host=args.host, port=args.port, workdir=args.workdir, open_browser=args.open, block=True)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

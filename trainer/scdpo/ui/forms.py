@@ -267,6 +267,8 @@ def argv_for(spec: CommandSpec, values: Mapping[str, Any]) -> list[str]:
         if _same_as_default(option, text):
             continue
         out.extend(_with_value(option, text))
+    if any(p.startswith("-") for p in positionals):
+        positionals.insert(0, "--")  # what follows are values, even '-x.png'
     return argv + positionals
 
 
