@@ -58,6 +58,23 @@ def test_clean_pairs_always_have_winner_reward_above_loser(seed):
 
 # --- toy prompts -------------------------------------------------------------------------------------
 
+def test_harmful_winner_must_be_confidently_safe_and_extra_losers_follow_the_same_order():
+    # candidate 1 is below the threshold but not below winner_max_cost: the rewrite wins instead
+    c = choose_pair(True, [4.0, -1.0, 3.0, 2.5], [1.0, 0.9, 1.0, 1.0], [True, False, True, True],
+                    rewrite_cost=[-5.0, -0.5], rewrite_reward=[0.4, 1.0], rewrite_unsafe=[False, False],
+                    winner_max_cost=-3.0, pairs=3)
+    assert (c.winner, c.from_rewrite, c.loser, c.extra_losers) == (0, True, 0, [2, 3])
+    c = choose_pair(True, [4.0, -4.0, 3.0, 2.5], [1.0, 0.9, 1.0, 1.0], [True, False, True, True],
+                    winner_max_cost=-3.0, pairs=2)
+    assert (c.winner, c.from_rewrite, c.loser, c.extra_losers) == (1, False, 0, [2])
+    # no confidently safe image anywhere: skipped rather than trusting a borderline verdict
+    assert choose_pair(True, [4.0, -1.0], [1.0, 1.0], [True, False], rewrite_cost=[-2.0], rewrite_reward=[1.0],
+                       rewrite_unsafe=[False], winner_max_cost=-3.0).skip_reason == "no_safe_winner"
+    # clean: unsafe lower-reward candidates first, then the lowest rewards
+    c = choose_pair(False, [-1.0, 5.0, -2.0, -3.0], [1.0, 0.8, 0.2, 0.5], [False, True, False, False], pairs=3)
+    assert (c.winner, c.loser, c.extra_losers) == (0, 1, [2, 3])
+
+
 def test_toy_prompts_use_train_split_surface_forms_only():
     heldout_only = {ph for c in CATEGORIES.values() for f in c.forms.values() for ph in f["heldout"]
                     if ph not in f["train"]}
@@ -94,7 +111,9 @@ def tiny_setup():
 
 
 def _cfg(**kw):
-    base = dict(n_prompts=12, candidates=3, steps=2, batch_size=64, chunk_prompts=4, seed=1)
+    # the untrained head's costs have no meaningful scale: only the calibrated threshold bounds winners
+    base = dict(n_prompts=12, candidates=3, steps=2, batch_size=64, chunk_prompts=4, seed=1,
+                winner_max_cost=float("inf"))
     base.update(kw)
     return BuildConfig(**base)
 
@@ -121,6 +140,23 @@ def test_build_writes_the_contract_schema_and_respects_the_rules(tmp_path, tiny_
         ds = load_scp_dataset(tmp_path / "scp", expected_size=IMAGE_SIZE)
         item = ds[0]
         assert item["winner"].shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and 0.0 <= float(item["winner"].min()) <= 1.0
+
+
+def test_more_pairs_per_prompt_reuse_the_winner_with_unique_ids(tmp_path, tiny_setup):
+    model, scorer = tiny_setup
+    prompts = toy_prompt_specs(12, 0.5, 0.15, 1)
+    one = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, _cfg(), tmp_path / "a", progress=False)
+    three = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, _cfg(pairs_per_prompt=3), tmp_path / "b",
+                              progress=False)
+    rows = pq.read_table(tmp_path / "b" / "pairs.parquet").to_pylist()
+    assert three.n_pairs > one.n_pairs
+    assert len({r["pair_id"] for r in rows}) == len(rows)
+    by_prompt = {}
+    for r in rows:
+        by_prompt.setdefault(r["pair_id"].split("-")[1], []).append(r)
+    for group in by_prompt.values():
+        assert len(group) <= 3 and len({g["winner_png"] for g in group}) == 1
+        assert len({g["loser_seed"] for g in group}) == len(group)
 
 
 def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):

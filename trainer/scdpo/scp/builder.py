@@ -11,13 +11,22 @@ function of the prompt index and candidate number). Finally the parts are merged
 Pairing rules (:func:`choose_pair`), "safe" meaning ``C <= threshold`` of the cost model:
 
 * harmful instruction — loser = the highest-``C`` candidate, which must be unsafe (else the base
-  model already behaves on this prompt: skipped as ``already_safe``); winner = the best-``R`` safe
-  candidate, or the best-``R`` safe image of the prompt's safe rewrite when no candidate is safe
-  (``winner_source = safe_rewrite``), else skipped (``no_safe_winner``);
+  model already behaves on this prompt: skipped as ``already_safe``); winner = the best-``R``
+  *confidently* safe candidate (``C <= min(threshold, winner_max_cost)``), or the best-``R``
+  confidently safe image of the prompt's safe rewrite when no candidate is
+  (``winner_source = safe_rewrite``), else skipped (``no_safe_winner``). DESIGN.md §2 asks for
+  ``C <= 0``; the stricter bound exists because a winner the cost model wrongly calls safe teaches
+  the very motif the LoRA must remove, while rejecting a borderline candidate only costs a rewrite
+  sample. With the toy cost model, ``C <= 0`` let 10.6 % of harmful winners be unsafe (oracle);
+  ``C <= -3`` (P(unsafe) ≈ 5 %) let none through;
 * clean instruction — winner = the best-``R`` safe candidate (an unsafe candidate never wins);
   loser = among candidates with a strictly lower ``R``, the highest-``C`` unsafe one if any (the
   preferred loser), else the lowest-``R`` one; skipped as ``reward_tie`` if no candidate scores
   below the winner. So a clean pair's winner always beats its loser on ``R``.
+
+``pairs_per_prompt > 1`` adds, with the same winner, the next losers in the same order (harmful:
+further unsafe candidates by ``C``; clean: further lower-``R`` candidates), so the N samples drawn
+per prompt yield more pairs for the same sampling cost.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class BuildConfig:
     guidance_scale: Optional[float] = None
     batch_size: int = 128  # images per generate() call
     chunk_prompts: int = 64  # prompts per resumable part
+    winner_max_cost: float = -3.0  # a harmful pair's winner needs C <= min(threshold, this)
+    pairs_per_prompt: int = 1  # up to this many pairs (same winner, next losers) per prompt
     seed: int = 0
     source: str = "toy"
 
@@ -71,6 +82,7 @@ class PairChoice:
     loser: Optional[int] = None
     from_rewrite: bool = False
     skip_reason: Optional[str] = None
+    extra_losers: list = field(default_factory=list)  # further losers for the same winner, in order
 
 
 def _best(indices: Sequence[int], reward, cost) -> int:
@@ -80,19 +92,27 @@ def _best(indices: Sequence[int], reward, cost) -> int:
 
 def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float], unsafe: Sequence[bool],
                 rewrite_cost: Sequence[float] = (), rewrite_reward: Sequence[float] = (),
-                rewrite_unsafe: Sequence[bool] = ()) -> PairChoice:
-    """The pairing rules of the module docstring for one prompt's candidates."""
+                rewrite_unsafe: Sequence[bool] = (), winner_max_cost: float = float("inf"),
+                pairs: int = 1) -> PairChoice:
+    """The pairing rules of the module docstring for one prompt's candidates.
+
+    ``unsafe[i]`` is the cost model's verdict (``C > threshold``); a harmful pair's winner must in
+    addition have ``C <= winner_max_cost``. ``pairs``: at most this many losers for the winner.
+    """
     idx = range(len(cost))
     safe = [i for i in idx if not unsafe[i]]
     if is_harmful:
-        loser = max(idx, key=lambda i: (cost[i], -i))
-        if not unsafe[loser]:
+        by_cost = sorted(idx, key=lambda i: (-cost[i], i))
+        if not unsafe[by_cost[0]]:
             return PairChoice(skip_reason="already_safe")
-        if safe:
-            return PairChoice(_best(safe, reward, cost), loser)
-        safe_rw = [j for j in range(len(rewrite_cost)) if not rewrite_unsafe[j]]
+        losers = [i for i in by_cost if unsafe[i]][:max(1, pairs)]
+        confident = [i for i in safe if cost[i] <= winner_max_cost]
+        if confident:
+            return PairChoice(_best(confident, reward, cost), losers[0], extra_losers=losers[1:])
+        safe_rw = [j for j in range(len(rewrite_cost)) if not rewrite_unsafe[j] and rewrite_cost[j] <= winner_max_cost]
         if safe_rw:
-            return PairChoice(_best(safe_rw, rewrite_reward, rewrite_cost), loser, from_rewrite=True)
+            return PairChoice(_best(safe_rw, rewrite_reward, rewrite_cost), losers[0], from_rewrite=True,
+                              extra_losers=losers[1:])
         return PairChoice(skip_reason="no_safe_winner")
     if not safe:
         return PairChoice(skip_reason="no_safe_winner")
@@ -100,12 +120,11 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
     lower = [i for i in idx if i != winner and reward[i] < reward[winner]]
     if not lower:
         return PairChoice(skip_reason="reward_tie")
-    unsafe_lower = [i for i in lower if unsafe[i]]
-    if unsafe_lower:
-        loser = max(unsafe_lower, key=lambda i: (cost[i], -i))
-    else:
-        loser = min(lower, key=lambda i: (reward[i], -cost[i], i))
-    return PairChoice(winner, loser)
+    # unsafe ones first (highest C first), then the rest by lowest R
+    order = sorted([i for i in lower if unsafe[i]], key=lambda i: (-cost[i], i)) + \
+        sorted([i for i in lower if not unsafe[i]], key=lambda i: (reward[i], -cost[i], i))
+    losers = order[:max(1, pairs)]
+    return PairChoice(winner, losers[0], extra_losers=losers[1:])
 
 
 def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 0.15, seed: int = 0
@@ -157,7 +176,9 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
     rew = rewards.view(len(prompts), n_cand)
 
     # Safe rewrites, only for harmful prompts with no safe candidate.
-    need = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and unsafe[j].all()]
+    winner_max = min(float(scorer.threshold), cfg.winner_max_cost)
+    confident = (~unsafe) & (cost <= winner_max)
+    need = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and not confident[j].any()]
     n_rw = cfg.rewrite_candidates
     rw = {}
     if need and n_rw > 0:
@@ -176,11 +197,11 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
     for j, p in enumerate(prompts):
         r = rw.get(j)
         choice = choose_pair(p.is_harmful, cost[j].tolist(), rew[j].tolist(), unsafe[j].tolist(),
-                             *(r[1:4] if r else ((), (), ())))
+                             *(r[1:4] if r else ((), (), ())), winner_max_cost=winner_max,
+                             pairs=cfg.pairs_per_prompt)
         if choice.skip_reason:
             skipped[choice.skip_reason] = skipped.get(choice.skip_reason, 0) + 1
             continue
-        gl = j * n_cand + choice.loser
         if choice.from_rewrite:
             w_img, w_cost, w_rew, w_seed = _to_uint8(r[0][choice.winner:choice.winner + 1])[0], r[1][choice.winner], \
                 r[2][choice.winner], r[4][choice.winner]
@@ -188,15 +209,18 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
             gw = j * n_cand + choice.winner
             w_img, w_seed = arr[gw], seeds[gw]
             w_cost, w_rew = float(cost[j, choice.winner]), float(rew[j, choice.winner])
-        rows.append({
-            "pair_id": f"{cfg.source}-{first_index + j:06d}", "prompt": p.text, "is_harmful": p.is_harmful,
-            "category": p.category if p.is_harmful else None, "kind": p.kind,
-            "winner_png": png_bytes(w_img), "loser_png": png_bytes(arr[gl]),
-            "winner_cost": float(w_cost), "loser_cost": float(cost[j, choice.loser]),
-            "winner_reward": float(w_rew), "loser_reward": float(rew[j, choice.loser]),
-            "winner_seed": int(w_seed), "loser_seed": int(seeds[gl]),
-            "winner_source": "safe_rewrite" if choice.from_rewrite else "candidate", "source": cfg.source,
-        })
+        w_png = png_bytes(w_img)
+        for k, loser in enumerate([choice.loser, *choice.extra_losers]):
+            gl = j * n_cand + loser
+            rows.append({
+                "pair_id": f"{cfg.source}-{first_index + j:06d}" + (f"-{k}" if k else ""), "prompt": p.text,
+                "is_harmful": p.is_harmful, "category": p.category if p.is_harmful else None, "kind": p.kind,
+                "winner_png": w_png, "loser_png": png_bytes(arr[gl]),
+                "winner_cost": float(w_cost), "loser_cost": float(cost[j, loser]),
+                "winner_reward": float(w_rew), "loser_reward": float(rew[j, loser]),
+                "winner_seed": int(w_seed), "loser_seed": int(seeds[gl]),
+                "winner_source": "safe_rewrite" if choice.from_rewrite else "candidate", "source": cfg.source,
+            })
     return rows, skipped
 
 

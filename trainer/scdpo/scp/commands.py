@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--harmful-frac", type=float, default=0.5, help="share of harmful toy instructions (default 0.5)")
     b.add_argument("--near-miss-frac", type=float, default=0.15, help="share of near-miss clean toy instructions")
     b.add_argument("--candidates", type=int, default=4, help="samples per prompt (default 4)")
+    b.add_argument("--pairs-per-prompt", type=int, default=1,
+                   help="pairs per prompt: the winner against up to this many losers (default 1)")
+    b.add_argument("--winner-max-cost", type=float, default=-3.0,
+                   help="a harmful pair's winner must score C <= min(threshold, this): confidently safe "
+                        "(default -3, P(unsafe) about 5%%); otherwise the prompt's safe rewrite is sampled")
     b.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     b.add_argument("--guidance-scale", type=float, default=None)
     b.add_argument("--batch-size", type=int, default=128, help="images per generation batch (default 128)")
@@ -122,7 +127,8 @@ def _build(args) -> int:
     toy = args.prompts is None
     cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
                       near_miss_frac=args.near_miss_frac, steps=args.steps, guidance_scale=args.guidance_scale,
-                      batch_size=args.batch_size, seed=args.seed, source="toy" if toy else "generated")
+                      batch_size=args.batch_size, seed=args.seed, source="toy" if toy else "generated",
+                      winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt)
     prompts = (toy_prompt_specs(cfg.n_prompts, cfg.harmful_frac, cfg.near_miss_frac, cfg.seed) if toy
                else read_prompt_csv(args.prompts))
     reward = make_reward(args.reward)
