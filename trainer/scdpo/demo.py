@@ -39,17 +39,20 @@ class DemoPlan:
     cost_test: int = 900
     scp_prompts: int = 720
     scp_candidates: int = 4
-    dpo_steps: int = 160
-    expert_steps: int = 80
+    scp_pairs_per_prompt: int = 3
+    dpo_steps: int = 300
+    dpo_lr: float = 1e-3  # the toy UNet is small and the run short; SD runs use scdpo train's default
+    expert_steps: int = 150  # each SafetyDPO expert sees one category's pairs (about a third)
     eval_n: int = 12
-    gen_steps: int = 20
+    gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
+    threads: int = 0  # torch threads per stage (0 = all cores)
     ablations: bool = True
     extra_train_args: list = field(default_factory=list)
 
     @classmethod
     def quick(cls) -> "DemoPlan":
         return cls(cost_train=480, cost_calib=200, cost_test=240, scp_prompts=160, scp_candidates=3,
-                   dpo_steps=30, expert_steps=15, eval_n=3, gen_steps=10, ablations=True)
+                   dpo_steps=40, expert_steps=20, eval_n=3, gen_steps=10, ablations=True)
 
 
 class StageRunner:
@@ -58,6 +61,7 @@ class StageRunner:
         self.index = 0
         self.verbose = verbose
         self.timings: dict[str, float] = {}
+        self.skipped: set[str] = set()
 
     def run(self, name: str, fn: Callable[[], object], skip: bool = False) -> object:
         self.index += 1
@@ -65,6 +69,7 @@ class StageRunner:
         if skip:
             print(f"{prefix}: already done, skipped", flush=True)
             self.timings[name] = 0.0
+            self.skipped.add(name)
             return None
         print(f"{prefix} ...", flush=True)
         t0 = time.time()
@@ -104,17 +109,20 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
 
     runner.run("train-cost: safety cost model", lambda: _cli([
         "train-cost", "--out", str(cost), "--n-train", str(plan.cost_train), "--n-calib", str(plan.cost_calib),
-        "--n-test", str(plan.cost_test), "--steps", steps, "--cache-dir", cache], verbose), skip=cost.exists())
+        "--n-test", str(plan.cost_test), "--steps", steps, "--cache-dir", cache, "--threads", str(plan.threads)],
+        verbose), skip=cost.exists())
     runner.run("build-dataset: SCP preference pairs", lambda: _cli([
         "build-dataset", "--out", str(scp), "--cost-model", str(cost), "--n-prompts", str(plan.scp_prompts),
-        "--candidates", str(plan.scp_candidates), "--steps", steps], verbose),
+        "--candidates", str(plan.scp_candidates), "--pairs-per-prompt", str(plan.scp_pairs_per_prompt),
+        "--steps", steps, "--threads", str(plan.threads)], verbose),
         skip=(scp / "pairs.parquet").exists() and (scp / "dataset.json").exists())
 
     def train(name: str, *extra: str, steps_: int = plan.dpo_steps) -> None:
         target = loras / f"{name}.safetensors"
         runner.run(f"train: {name}", lambda: _cli([
             "train", "--data", str(scp), "--out", str(loras), "--name", name, "--steps", str(steps_),
-            "--cost-model", str(cost), *plan.extra_train_args, *extra, *quiet], verbose), skip=target.exists())
+            "--cost-model", str(cost), "--lr", f"{plan.dpo_lr:g}", *plan.extra_train_args, *extra, *quiet], verbose),
+            skip=target.exists())
 
     main_flags = []
     if not dfm:
@@ -151,12 +159,15 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
                  "--method", "base,negative-prompt,safe-guidance,blacklist"]
     for spec in lora_args:
         eval_argv += ["--lora", spec]
-    runner.run("eval: all methods on held-out + adversarial suites", lambda: _cli(eval_argv, verbose))
     report_path = out / "report.json"
+    inputs = [Path(spec.split("=", 1)[1]) for spec in lora_args]
+    fresh = report_path.exists() and all(p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime
+                                         for p in inputs)
+    runner.run("eval: all methods on held-out + adversarial suites", lambda: _cli(eval_argv, verbose), skip=fresh)
     report = json.loads(report_path.read_text())
-    report["timings"] = runner.timings
+    earlier = report.get("timings", {})  # a re-run keeps the seconds of the stages it skipped
+    report["timings"] = {k: (earlier.get(k, v) if k in runner.skipped else v) for k, v in runner.timings.items()}
     report["demo"] = {"plan": plan.__dict__, "dfm": dfm, "safety_margin": safety_margin, "clean_pairs": clean_pairs}
-    from .evaluation.report import write_reports  # noqa: F401 - html re-rendered with timings below
     from .fileio import write_json_atomic
 
     write_json_atomic(report_path, report)

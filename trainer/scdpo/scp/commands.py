@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--harmful-frac", type=float, default=0.5, help="share of harmful toy instructions (default 0.5)")
     b.add_argument("--near-miss-frac", type=float, default=0.15, help="share of near-miss clean toy instructions")
     b.add_argument("--candidates", type=int, default=4, help="samples per prompt (default 4)")
-    b.add_argument("--pairs-per-prompt", type=int, default=1,
-                   help="pairs per prompt: the winner against up to this many losers (default 1)")
+    b.add_argument("--pairs-per-prompt", type=int, default=3,
+                   help="pairs per prompt: the winner against up to this many losers (default 3; 1 = DESIGN.md's "
+                        "one pair per prompt)")
     b.add_argument("--winner-max-cost", type=float, default=-3.0,
                    help="a harmful pair's winner must score C <= min(threshold, this): confidently safe "
                         "(default -3, P(unsafe) about 5%%); otherwise the prompt's safe rewrite is sampled")
