@@ -115,3 +115,27 @@ def test_pretrain_killed_and_resumed_gives_the_same_weights_as_uninterrupted(tmp
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a)
     assert not state.exists()
+
+
+def test_generate_refuses_a_lora_for_another_base_model(tmp_path, capsys, tiny_weights):
+    """`scdpo generate --lora` checks ss_base_model_version before attaching (one error line)."""
+    import torch
+
+    from scdpo.lora.files import save_lora
+    from scdpo.lora.naming import kohya_name
+
+    model = ToyTextToImage.load(tiny_weights)
+    path = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    layer = model.unet.get_submodule(path)
+    tensors = {f"{kohya_name(path)}.lora_down.weight": torch.zeros(2, layer.in_features),
+               f"{kohya_name(path)}.lora_up.weight": torch.zeros(layer.out_features, 2),
+               f"{kohya_name(path)}.alpha": torch.tensor(2.0)}
+    for version, ok in (("toy_v1", True), ("sd_v1", False)):
+        lora = save_lora(tmp_path / f"{version}.safetensors", tensors, {"ss_base_model_version": version})
+        rc = main(["generate", "--prompt", "a red square", "--steps", "1", "--base", str(tiny_weights),
+                   "--lora", str(lora), "--out", str(tmp_path / version)])
+        err = capsys.readouterr().err.strip().splitlines()
+        if ok:
+            assert rc == 0, err
+        else:
+            assert rc == 2 and len(err) == 1 and "sd_v1" in err[0], err

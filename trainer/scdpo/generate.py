@@ -52,7 +52,7 @@ def attach_lora(model: TextToImageModel, lora_path: Optional[str], strength: flo
     from .lora import apply_lora, load_lora
 
     lora = load_lora(lora_path)
-    apply_lora(model.unet, lora, scale=strength)
+    apply_lora(model, lora, scale=strength)  # the model, not its UNet: the base-model version is checked
     return f"{Path(lora_path).name}:{strength:g}"
 
 
