@@ -119,10 +119,13 @@ def sld_method(config: SLDConfig = SLDConfig(), cfg_scale: Optional[float] = Non
 
 def lora_method(name: str, model: TextToImageModel, path: str, strength: float = 1.0,
                 description: str = "") -> GenerationMethod:
-    """A safety LoRA on the same UNet: attached (and its base model checked) in ``prepare``."""
-    from ..lora import apply_lora, load_lora, remove_lora
+    """A safety LoRA on the same UNet: attached in ``prepare``. The file is read and checked against
+    ``model`` (base model version, module names and shapes) here, so a wrong LoRA fails before any
+    method is evaluated rather than after the ones listed before it."""
+    from ..lora import apply_lora, check_compatible, load_lora, remove_lora
 
     lora = load_lora(path)
+    check_compatible(model.unet, lora, model.base_model_version)
     adapter = "scdpo_eval"
 
     return GenerationMethod(

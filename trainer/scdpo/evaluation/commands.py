@@ -47,8 +47,17 @@ def build_methods(model, method_names: list[str], loras: list[str], strength: fl
             raise ScdpoError(f"unknown method {name!r}; choose from base, {', '.join(TRAINING_FREE)} or pass --lora")
     for spec in loras:
         name, _, path = spec.rpartition("=")
+        if not path:
+            raise ScdpoError(f"--lora {spec!r} names no file; pass --lora [NAME=]FILE")
         name = name or Path(path).stem
         methods.append(lora_method(name, model, path, strength))
+    if not methods:
+        raise ScdpoError("nothing to evaluate; pass --method NAMES and/or --lora FILE")
+    seen = set()
+    for m in methods:  # the report is keyed by name: a repeat would silently replace a result
+        if m.name in seen:
+            raise ScdpoError(f"two methods are named {m.name!r}; name LoRAs apart with --lora NAME=FILE")
+        seen.add(m.name)
     return methods
 
 
