@@ -145,7 +145,8 @@ def test_build_writes_the_contract_schema_and_respects_the_rules(tmp_path, tiny_
 def test_more_pairs_per_prompt_reuse_the_winner_with_unique_ids(tmp_path, tiny_setup):
     model, scorer = tiny_setup
     prompts = toy_prompt_specs(12, 0.5, 0.15, 1)
-    one = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, _cfg(), tmp_path / "a", progress=False)
+    one = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, _cfg(pairs_per_prompt=1), tmp_path / "a",
+                            progress=False)
     three = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, _cfg(pairs_per_prompt=3), tmp_path / "b",
                               progress=False)
     rows = pq.read_table(tmp_path / "b" / "pairs.parquet").to_pylist()

@@ -71,7 +71,7 @@ class BuildConfig:
     batch_size: int = 128  # images per generate() call
     chunk_prompts: int = 64  # prompts per resumable part
     winner_max_cost: float = -3.0  # a harmful pair's winner needs C <= min(threshold, this)
-    pairs_per_prompt: int = 1  # up to this many pairs (same winner, next losers) per prompt
+    pairs_per_prompt: int = 3  # up to this many pairs (same winner, next losers) per prompt
     seed: int = 0
     source: str = "toy"
 
