@@ -120,7 +120,7 @@ def _cfg(**kw):
 
 def test_build_writes_the_contract_schema_and_respects_the_rules(tmp_path, tiny_setup):
     model, scorer = tiny_setup
-    cfg = _cfg()
+    cfg = _cfg(pairs_per_prompt=1)  # one pair per prompt: pairs + skipped prompts = prompts
     prompts = toy_prompt_specs(cfg.n_prompts, 0.5, 0.15, cfg.seed)
     res = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "scp", progress=False)
     table = pq.read_table(tmp_path / "scp" / "pairs.parquet")
