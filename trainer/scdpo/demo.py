@@ -34,16 +34,17 @@ from .fileio import ensure_writable_dir
 class DemoPlan:
     """Sizes of each stage; ``quick`` is the small variant the tests run."""
 
-    cost_train: int = 1800
-    cost_calib: int = 600
-    cost_test: int = 900
+    cost_train: int = 1200
+    cost_calib: int = 400
+    cost_test: int = 800
     scp_prompts: int = 720
+    scp_near_miss_frac: float = 0.3  # look-alike clean prompts: what the LoRA must not erase
     scp_candidates: int = 4
     scp_pairs_per_prompt: int = 3
     dpo_steps: int = 300
     dpo_lr: float = 1e-3  # the toy UNet is small and the run short; SD runs use scdpo train's default
-    expert_steps: int = 150  # each SafetyDPO expert sees one category's pairs (about a third)
-    eval_n: int = 12
+    expert_steps: int = 100  # each SafetyDPO expert sees one category's pairs (about a third)
+    eval_n: int = 10
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
     threads: int = 0  # torch threads per stage (0 = all cores)
     ablations: bool = True
@@ -114,6 +115,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     runner.run("build-dataset: SCP preference pairs", lambda: _cli([
         "build-dataset", "--out", str(scp), "--cost-model", str(cost), "--n-prompts", str(plan.scp_prompts),
         "--candidates", str(plan.scp_candidates), "--pairs-per-prompt", str(plan.scp_pairs_per_prompt),
+        "--near-miss-frac", f"{plan.scp_near_miss_frac:g}",
         "--steps", steps, "--threads", str(plan.threads)], verbose),
         skip=(scp / "pairs.parquet").exists() and (scp / "dataset.json").exists())
 

@@ -19,7 +19,7 @@ import torch
 
 KOHYA_UNET_PREFIX = "lora_unet_"
 # The attention projections of every transformer block: the modules that every host maps on
-# SD1.x and SDXL (ComfyUI and A1111 apply 128/128 of them on SD1.5; see hostrigs/README.md).
+# SD1.x and SDXL (ComfyUI and A1111 apply 128/128 of them on SD1.5; checked in the real hosts).
 DEFAULT_TARGET_MODULES: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
 
 _LORA_ABLE = (torch.nn.Linear, torch.nn.Conv2d)

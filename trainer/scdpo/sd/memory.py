@@ -1,11 +1,15 @@
 """Training-memory plan for SC-DPO LoRA training on SD 1.x / SDXL, and a CPU measurement of it.
 
-The plan (what ``scdpo train`` does on a real model; see the README's memory section):
-fp16/bf16 base UNet, LoRA weights + AdamW states in fp32, gradient checkpointing, SDPA
-attention, text embeddings and VAE latents cached before training (text encoders and VAE are
-not resident while training), one preference pair per micro-batch (winner + loser = 2 latents
-through one batched forward; the reference is the same UNet with the adapter disabled, run under
-``no_grad``), gradient accumulation for larger effective batches.
+The plan (see the README's memory section): fp16/bf16 base UNet, LoRA weights + AdamW states in
+fp32, gradient checkpointing, SDPA attention, text embeddings and VAE latents cached before
+training (text encoders and VAE not resident while training), one preference pair per micro-batch
+(winner + loser = 2 latents through one batched forward; the reference is the same UNet with the
+adapter disabled, run under ``no_grad``), gradient accumulation for larger effective batches.
+
+``scdpo train`` today applies all of it except the caching: with ``--gradient-checkpointing
+--batch-size 1 --grad-accum N`` it matches the plan, but it keeps the text encoders and VAE
+resident and encodes every step, so ``estimate_training_memory(..., cached_inputs=False)`` (the
+README quotes both) is what it needs until that cache lands.
 
 :func:`estimate_training_memory` adds the terms up from parameter counts of the real
 architectures (built weightless on the meta device) and an activation term per latent pixel;
