@@ -150,17 +150,11 @@ def toy_images_with_oracle_labels(n_per_kind=40):
 
 
 def _toy_cost_model_file(folder):
-    """The shipped toy cost model, or (until it is shipped) one trained here on rendered train-split toy
-    images labelled by the oracle, on the shipped toy encoder: returns (file name in folder, origin)."""
+    """A toy cost model trained here on rendered train-split toy images labelled by the oracle, on the
+    shipped toy encoder: returns (file name in folder, origin). Not the shipped toy cost model, which
+    is trained on base-model generations and misses sparse gore renders (see tests/a1111's fake)."""
     import random
-    import shutil
 
-    from scdpo.toy.model import weights_dir
-
-    shipped = weights_dir() / "toy_cost_model.safetensors"
-    if shipped.exists():
-        shutil.copy(shipped, folder / "toy_cost_model.safetensors")
-        return "toy_cost_model.safetensors", "shipped"
     from scdpo.cost.data import CostExamples
     from scdpo.cost.toy_encoder import load_toy_encoder, shipped_toy_encoder
     from scdpo.cost.training import CostTrainConfig, train_cost_model
@@ -178,7 +172,7 @@ def _toy_cost_model_file(folder):
     model, _ = train_cost_model(examples, load_toy_encoder(shipped_toy_encoder()), CostTrainConfig(steps=600, target_fpr=0.02),
                                 progress=False)
     model.save(folder / "toy_cost_trained_here.safetensors")
-    return "toy_cost_trained_here.safetensors", "trained in the test (shipped file absent)"
+    return "toy_cost_trained_here.safetensors", "trained on renders in the test"
 
 
 def test_toy_gate_blocks_unsafe_and_passes_safe(comfy_models, gate):
