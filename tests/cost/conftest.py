@@ -72,11 +72,3 @@ def make_render_examples():
 def make_clip_config():
     return small_clip_config
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors on a shared 2-core CPU run several times faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

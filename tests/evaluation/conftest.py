@@ -13,15 +13,6 @@ from scdpo.lora import DEFAULT_TARGET_MODULES, peft_unet_to_kohya, save_lora
 from scdpo.models import load_base_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The toy model is tiny: on a loaded 2-core machine, intra-op threads only contend (measured:
-    60 s with the default threads vs 1 s with one). Restored after each module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="session")
 def toy_model():

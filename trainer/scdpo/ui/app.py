@@ -31,6 +31,9 @@ _BAR = ("<div style='height:10px;border-radius:5px;background:#e5e7eb;overflow:h
         "<div style='height:100%;width:{pct:.1f}%;background:#2563eb'></div></div>")  # inline: works when embedded
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # addresses that serve this machine only
+
+
 def _make(cls, *args, **kwargs):
     """``cls(*args, **kwargs)`` without the keyword arguments this gradio version lacks."""
     params = inspect.signature(cls.__init__).parameters
@@ -281,7 +284,7 @@ def serve(host: str = "127.0.0.1", port: int = 7870, workdir: str | os.PathLike 
                   footer_links=["api", "settings"], max_file_size="64mb")
     _launch(blocks, **launch)
     # our own line instead of gradio's, which suggests share=True (a public link we never create)
-    where = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else f"bound to {host}"
+    where = "this machine only" if host in LOOPBACK_HOSTS else f"bound to {host}"
     print(f"SC-DPO trainer UI: {blocks.local_url} ({where}; jobs run in {runner.workdir}; Ctrl+C stops it)",
           flush=True)
     if block:

@@ -32,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args) -> int:
     from . import require_gradio
-    from .app import quiet_gradio_environment, serve
+    from .app import LOOPBACK_HOSTS, quiet_gradio_environment, serve
 
     quiet_gradio_environment()
     require_gradio()  # raises the install hint before anything else happens
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK_HOSTS:
         log.warning("serving on %s: anyone who can reach this address can start jobs on this machine", args.host)
     # SIGTERM (a service manager, `kill`) stops the server like Ctrl+C does: the running job is cancelled
     # (its checkpoint stays) instead of living on, unseen, in its own process group
