@@ -154,3 +154,38 @@ def test_diffusers_folder_loads_the_same_model(tiny, tiny_fp32, tmp_path):
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model.predict_noise(x, torch.tensor([3]), cond), src.predict_noise(x, torch.tensor([3]), want_cond))
+
+
+def test_scdpo_train_on_cached_inputs_matches_encoding_every_step(tiny, tmp_path, monkeypatch):
+    """`scdpo train` on an SD model: latents + text embeddings (SDXL: pooled + size ids) encoded once
+    give the LoRA of encoding every step; a model the trainer loads itself loses its encoders."""
+    import scdpo.models
+    from scdpo.dpo import TrainConfig, train_lora
+
+    family, cfg, ckpt = tiny
+    g = torch.Generator().manual_seed(0)
+    rows = [dict(prompt=f"a photo of a {w}", winner=torch.rand(32, 32, 3, generator=g),
+                 loser=torch.rand(32, 32, 3, generator=g), winner_cost=-2.0, loser_cost=2.0 if k % 2 else -1.0,
+                 is_harmful=bool(k % 2), category="nudity" if k % 2 else None)
+            for k, w in enumerate(["cat", "dog", "cat", "house", "tree", "dog"])]
+    loaded = []
+
+    def load(spec, device=None, dtype=None):
+        loaded.append(load_sd_model(ckpt, "cpu", torch.float32, config_dir=cfg))
+        return loaded[-1]
+
+    monkeypatch.setattr(scdpo.models, "load_base_model", load)
+    opts = dict(base=str(ckpt), steps=3, batch_size=2, rank=4, alpha=4.0, lr=1e-3, warmup_steps=1, beta=2500.0,
+                checkpoint_every=0, prompt_dropout=0.3, seed=1)
+    cached = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="cached", **opts), dataset=rows, progress=False))
+    owned = loaded[-1]
+    assert all(p.device.type == "meta" for m in owned.encoder_modules() for p in m.parameters())
+    plain = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="plain", cache_inputs=False, **opts),
+                                 dataset=rows, progress=False))
+    assert all(p.device.type == "cpu" for m in loaded[-1].encoder_modules() for p in m.parameters())
+    assert set(cached.tensors) == set(plain.tensors)
+    assert cached.metadata["ss_base_model_version"] == plain.metadata["ss_base_model_version"]
+    for k, v in plain.tensors.items():
+        if v.abs().max() > 0:
+            assert float((cached.tensors[k] - v).norm() / v.norm()) < 1e-2, k
+    assert sum(float(v.abs().sum()) for k, v in cached.tensors.items() if "lora_up" in k) > 0

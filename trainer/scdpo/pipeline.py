@@ -100,6 +100,11 @@ class TextToImageModel:
         """Hook for size conditioning (SDXL ``time_ids``); identity otherwise."""
         return cond
 
+    def encoder_modules(self) -> list[torch.nn.Module]:
+        """The frozen modules behind :meth:`encode_prompt` / :meth:`encode_images` (text encoders,
+        VAE): what a trainer on cached inputs does not need resident."""
+        return []
+
     # --- shared -----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

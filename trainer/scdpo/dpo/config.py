@@ -70,6 +70,7 @@ class TrainConfig:
     prompt_dropout: float = 0.0  # probability a pair's prompt is replaced by "" (both images)
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
     gradient_checkpointing: bool = False
+    cache_inputs: bool = True  # encode latents + text embeddings once before training; encoders leave the GPU
     cpu: bool = False  # force CPU even if a GPU is present
     seed: int = 0
     # bookkeeping

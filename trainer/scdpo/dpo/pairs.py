@@ -15,13 +15,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import DatasetError, InputFileError
 from .config import TOY_ORACLE_DATA, TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..pipeline import Conditioning
 
 ORACLE_COST = 3.0  # |C| given to toy-oracle images: +3 unsafe, -3 safe
 
@@ -40,6 +43,16 @@ class PairBatch:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def encode(self, model, drop: Sequence[bool], device) -> tuple[torch.Tensor, "Conditioning"]:
+        """Latents ``[2B,c,h,w]`` (winners, then losers) and the conditioning ``[B]`` of the prompts,
+        a dropped pair's prompt replaced by ``""`` (both of its images)."""
+        prompts = ["" if d else p for p, d in zip(self.prompts, drop)]
+        height, width = self.winners.shape[1:3]
+        with torch.no_grad():
+            latents = model.encode_images(torch.cat([self.winners, self.losers]).to(device))
+            cond = model.conditioning_for_size(model.encode_prompt(prompts), height, width).to(device)
+        return latents, cond
 
 
 def _as_image(value, what: str) -> torch.Tensor:

@@ -8,7 +8,7 @@ adapters disabled (peft), never a second copy. Winners and losers go through one
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -16,6 +16,9 @@ from ..errors import ScdpoError
 from ..pipeline import Conditioning, TextToImageModel
 from .loss import ScDpoDiagnostics, denoising_error, sc_dpo_loss
 from .pairs import PairBatch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .inputs import EncodedPairBatch
 
 TRAIN_ADAPTER = "scdpo_train"
 
@@ -121,7 +124,7 @@ def dpo_batch_loss(
     model: TextToImageModel,
     policy: UNetCall,
     reference: UNetCall,
-    batch: PairBatch,
+    batch: PairBatch | EncodedPairBatch,
     generator: torch.Generator,
     beta: float,
     lam: float,
@@ -132,17 +135,15 @@ def dpo_batch_loss(
     """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
 
     Every random draw (prompt dropout, ε ``[B,c,h,w]``, t ``[B]``) comes from ``generator`` on the
-    CPU, so a step is reproducible on any device. ``model`` provides the frozen encoders and the
-    noise scheduler; ``policy`` / ``reference`` are the two UNet calls.
+    CPU, so a step is reproducible on any device. ``batch``: images and prompts (encoded here by
+    ``model``'s VAE and text encoders) or inputs encoded once before training
+    (:class:`~scdpo.dpo.inputs.EncodedPairBatch`). ``model`` provides the noise scheduler;
+    ``policy`` / ``reference`` are the two UNet calls.
     """
     device = device or model.device
     b = len(batch)
     drop = (torch.rand(b, generator=generator) < prompt_dropout).tolist() if prompt_dropout > 0 else [False] * b
-    prompts = ["" if d else p for p, d in zip(batch.prompts, drop)]
-    height, width = batch.winners.shape[1:3]
-    with torch.no_grad():
-        latents = model.encode_images(torch.cat([batch.winners, batch.losers]).to(device))
-        cond = model.conditioning_for_size(model.encode_prompt(prompts), height, width).to(device)
+    latents, cond = batch.encode(model, drop, device)
     scheduler = model.noise_scheduler
     noise = torch.randn((b, *latents.shape[1:]), generator=generator).to(device, latents.dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)

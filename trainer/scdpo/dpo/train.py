@@ -29,6 +29,7 @@ from ..errors import ScdpoError
 from ..fileio import ensure_writable_dir
 from ..lora import peft_unet_to_kohya, save_lora
 from .config import TOY_ORACLE_DATA, TrainConfig, save_train_config
+from .inputs import encoded_inputs, encoders_parked
 from .pairs import PairOrder, collate_pairs, load_pair_dataset, select_pairs
 from .step import (TRAIN_ADAPTER, attach_training_lora, disabled_adapter_reference, dpo_batch_loss,
                    lora_named_parameters, unet_call)
@@ -46,6 +47,7 @@ def output_paths(cfg: TrainConfig) -> dict[str, Path]:
     return {
         "lora": out / f"{cfg.name}.safetensors",
         "state": out / f"{cfg.name}.state.safetensors",
+        "inputs": out / f"{cfg.name}.inputs.safetensors",
         "config": out / f"{cfg.name}.config.toml",
         "logs": out / "logs" / cfg.name,
     }
@@ -173,6 +175,7 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
     if accelerator.is_main_process:
         ensure_writable_dir(paths["lora"].parent)
 
+    owns_model = model is None
     if model is None:
         from ..models import load_base_model
 
@@ -182,11 +185,23 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
     indices = select_pairs(dataset, cfg.categories, cfg.clean_pairs)
     order = PairOrder(indices, cfg.seed)
 
+    if cfg.cache_inputs:
+        with accelerator.main_process_first():
+            inputs = encoded_inputs(model, dataset, indices, paths["inputs"], cfg.data,
+                                    progress=progress and accelerator.is_main_process)
+        make_batch = inputs.batch
+    else:
+        def make_batch(idx: list[int]):
+            return collate_pairs([dataset[i] for i in idx])
+
     unet = model.unet
     unet.to(accelerator.device)
     lora_params = attach_training_lora(unet, cfg.rank, cfg.alpha, cfg.lora_target_modules(), seed=cfg.seed)
     policy = None
+    parked = contextlib.ExitStack()
     try:
+        if cfg.cache_inputs:  # the text encoders and VAE are not needed any more
+            parked.enter_context(encoders_parked(model, free=owns_model))
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
@@ -246,7 +261,7 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
             sums = torch.zeros(len(_LOG_KEYS), dtype=torch.float64)
             for micro in range(cfg.grad_accum):
                 micro_step = step * cfg.grad_accum + micro
-                batch = collate_pairs([dataset[i] for i in order.batch(micro_step, rank, world, cfg.batch_size)])
+                batch = make_batch(order.batch(micro_step, rank, world, cfg.batch_size))
                 sync = micro == cfg.grad_accum - 1
                 with (contextlib.nullcontext() if sync else accelerator.no_sync(policy)), accelerator.autocast():
                     loss, diag = dpo_batch_loss(
@@ -296,8 +311,9 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
             save_lora(paths["lora"], tensors, _training_metadata(cfg, model, summary, started))
             save_train_config(cfg, paths["config"], header=f"scdpo train --config {paths['config'].name}\n"
                               f"resolved configuration of {paths['lora'].name} ({cfg.method})")
-            if paths["state"].exists():
-                paths["state"].unlink()
+            for leftover in (paths["state"], paths["inputs"]):
+                if leftover.exists():
+                    leftover.unlink()
         accelerator.wait_for_everyone()
         return paths["lora"]
     finally:
@@ -309,6 +325,7 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
         if not keep_adapter:
             unet.delete_adapters(TRAIN_ADAPTER)
         unet.requires_grad_(False).eval()
+        parked.close()
 
 
 def summary_of(lora_path: str | Path) -> dict[str, Any]:

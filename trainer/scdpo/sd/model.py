@@ -64,6 +64,9 @@ class SDTextToImage(TextToImageModel):
         self.vae.to(device=device, dtype=vae_dtype)
         return self
 
+    def encoder_modules(self) -> list[torch.nn.Module]:
+        return [*self.text_encoders, self.vae]
+
     # -- text
     def _token_ids(self, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
         return tokenizer(

@@ -252,6 +252,9 @@ class ToyTextToImage(TextToImageModel):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents_to_images(latents).cpu()
 
+    def encoder_modules(self) -> list[torch.nn.Module]:
+        return [self.text_encoder]  # the toy "VAE" is a fixed pixel-unshuffle without weights
+
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         if height % PATCH or width % PATCH:
             raise ValueError(f"toy model image size must be a multiple of {PATCH}, got {height}x{width}")

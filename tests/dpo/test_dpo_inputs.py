@@ -1,0 +1,120 @@
+"""Inputs encoded once before training (latents + text embeddings): same loss, same LoRA, a cache
+file that a resumed run reads instead of encoding, and encoders released while training."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from scdpo.dpo import ToyOraclePairs, TrainConfig, train_lora
+from scdpo.dpo.inputs import EncodedPairs, encode_pairs, encoded_inputs, encoders_parked, inputs_fingerprint
+from scdpo.dpo.pairs import collate_pairs
+from scdpo.dpo.step import dpo_batch_loss
+from scdpo.lora import load_lora
+from scdpo.toy.model import ToyTextToImage
+
+TINY = dict(steps=4, batch_size=3, rank=4, alpha=4.0, lr=1e-3, warmup_steps=1, checkpoint_every=2, log_every=1,
+            beta=500.0, lam=0.5, gamma=1.0, prompt_dropout=0.3)
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    return ToyTextToImage.from_scratch(0)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return ToyOraclePairs(20, seed=5)
+
+
+def _random_unet_call(model):
+    def call(noisy, t, cond):
+        return model.unet(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
+
+    return call
+
+
+def test_encoded_batch_gives_the_loss_of_the_image_batch(toy_model, pairs):
+    indices = [1, 4, 7, 9, 12, 19]
+    inputs = encode_pairs(toy_model, pairs, indices, chunk=4, progress=False)
+    assert inputs.latents.shape == (6, 2, 12, 8, 8)
+    distinct = {pairs[i]["prompt"] for i in indices}
+    assert len(inputs.cond) == len(distinct) + 1  # every distinct prompt once, plus ""
+    call = _random_unet_call(toy_model)
+    for dropout in (0.0, 0.5):
+        losses = []
+        for batch in (collate_pairs([pairs[i] for i in indices]), inputs.batch(indices)):
+            with torch.no_grad():
+                loss, diag = dpo_batch_loss(toy_model, call, call, batch, torch.Generator().manual_seed(3),
+                                            500.0, 0.5, 1.0, prompt_dropout=dropout)
+            losses.append((loss, diag.reward_margin))
+        torch.testing.assert_close(losses[1][0], losses[0][0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(losses[1][1], losses[0][1], atol=1e-6, rtol=1e-5)
+    # the batch follows the requested order, not the cache's
+    back = inputs.batch([12, 1])
+    torch.testing.assert_close(back.latents[0], toy_model.encode_images(pairs[12]["winner"][None])[0])
+    torch.testing.assert_close(back.latents[3], toy_model.encode_images(pairs[1]["loser"][None])[0])
+    assert back.winner_cost.tolist() == [pairs[12]["winner_cost"], pairs[1]["winner_cost"]]
+
+
+def test_cached_and_uncached_training_end_with_the_same_lora(tmp_path, toy_model, pairs):
+    cfg = TrainConfig(out=str(tmp_path), name="cached", **TINY)
+    cached = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    plain = load_lora(train_lora(dataclasses.replace(cfg, name="plain", cache_inputs=False),
+                                 model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    assert set(cached.tensors) == set(plain.tensors)
+    # Encoding in other batch sizes rounds differently (~1e-7); AdamW's g/sqrt(v) can blow that up
+    # for a weight whose gradient is ~0, so compare whole tensors, not single elements.
+    for k, v in plain.tensors.items():
+        if v.abs().max() > 0:
+            assert float((cached.tensors[k] - v).norm() / v.norm()) < 1e-2, k
+    assert any(float(v.abs().max()) > 1e-4 for k, v in cached.tensors.items() if "lora_up" in k)
+    assert not (tmp_path / "cached.inputs.safetensors").exists()  # removed with the training state
+
+
+def test_resume_reads_the_cache_instead_of_encoding(tmp_path, toy_model, pairs, monkeypatch):
+    cfg = TrainConfig(out=str(tmp_path / "a"), name="r", **TINY)
+    full = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    cfg_b = dataclasses.replace(cfg, out=str(tmp_path / "b"))
+    train_lora(cfg_b, model=copy.deepcopy(toy_model), dataset=pairs, progress=False, stop_after=2)
+    cache = tmp_path / "b" / "r.inputs.safetensors"
+    assert cache.exists()
+
+    model = copy.deepcopy(toy_model)
+    calls = []
+    encode = model.encode_images
+    model.encode_images = lambda images: calls.append(len(images)) or encode(images)
+    resumed = load_lora(train_lora(cfg_b, model=model, dataset=pairs, progress=False))
+    assert calls == []  # nothing re-encoded
+    for k, v in full.tensors.items():
+        assert torch.equal(v, resumed.tensors[k]), k
+    assert not cache.exists()
+
+
+def test_cache_of_other_data_or_a_broken_file_is_encoded_again(tmp_path, toy_model, pairs):
+    path = tmp_path / "x.inputs.safetensors"
+    first = encoded_inputs(toy_model, pairs, [0, 1, 2], path, "toy-oracle", progress=False)
+    fp = inputs_fingerprint(toy_model, pairs, [0, 1, 2], "toy-oracle")
+    assert EncodedPairs.load(path, fp) is not None
+    assert inputs_fingerprint(toy_model, pairs, [0, 1, 3], "toy-oracle") != fp
+    other = ToyOraclePairs(20, seed=6)
+    assert inputs_fingerprint(toy_model, other, [0, 1, 2], "toy-oracle") != fp  # other prompts
+    again = encoded_inputs(toy_model, other, [0, 1, 2], path, "toy-oracle", progress=False)
+    assert not torch.equal(again.latents, first.latents)
+    path.write_bytes(path.read_bytes()[:100])  # truncated by a crash of something else
+    assert EncodedPairs.load(path, inputs_fingerprint(toy_model, other, [0, 1, 2], "toy-oracle")) is None
+    third = encoded_inputs(toy_model, other, [0, 1, 2], path, "toy-oracle", progress=False)
+    assert torch.equal(third.latents, again.latents)
+
+
+def test_encoders_are_released_only_when_the_trainer_owns_the_model(toy_model):
+    shared = copy.deepcopy(toy_model)
+    with encoders_parked(shared, free=False):
+        pass
+    assert shared.text_encoder.device.type == "cpu"
+    shared.encode_prompt(["a red square"])  # still usable by the caller
+    owned = copy.deepcopy(toy_model)
+    with encoders_parked(owned, free=True):
+        assert all(p.device.type == "meta" for p in owned.text_encoder.parameters())
+        assert all(p.device.type == "cpu" for p in owned.unet.parameters())
