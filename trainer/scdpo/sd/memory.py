@@ -6,10 +6,11 @@ training (text encoders and VAE not resident while training), one preference pai
 (winner + loser = 2 latents through one batched forward; the reference is the same UNet with the
 adapter disabled, run under ``no_grad``), gradient accumulation for larger effective batches.
 
-``scdpo train`` today applies all of it except the caching: with ``--gradient-checkpointing
---batch-size 1 --grad-accum N`` it matches the plan, but it keeps the text encoders and VAE
-resident and encodes every step, so ``estimate_training_memory(..., cached_inputs=False)`` (the
-README quotes both) is what it needs until that cache lands.
+``scdpo train`` applies all of it with ``--gradient-checkpointing --batch-size 1 --grad-accum N``
+(input caching is its default, :mod:`scdpo.dpo.inputs`); with ``--no-cache-inputs`` it keeps
+the encoders resident and encodes every step, which ``estimate_training_memory(...,
+cached_inputs=False)`` accounts for (without the VAE encoder's activations).
+``tests/benchmarks/bench_sd_train_memory.py`` measures that difference for the real command on CPU.
 
 :func:`estimate_training_memory` adds the terms up from parameter counts of the real
 architectures (built weightless on the meta device) and an activation term per latent pixel;
