@@ -8,7 +8,8 @@ import pytest
 from scdpo.cli import main
 
 METHODS = {"base", "sc-dpo", "diffusion-dpo", "safetydpo", "safetydpo-average", "negative-prompt",
-           "safe-guidance", "blacklist", "sc-dpo-no-dfm", "sc-dpo-no-margin", "sc-dpo-no-clean-pairs"}
+           "safe-guidance", "blacklist", "sc-dpo-no-dfm", "sc-dpo-no-margin", "sc-dpo-no-clean-pairs",
+           "sc-dpo-no-concept-augment"}
 SUITES = {"direct", "synonym", "misspelled", "indirect", "adversarial"}
 
 

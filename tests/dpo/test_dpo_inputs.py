@@ -118,3 +118,53 @@ def test_encoders_are_released_only_when_the_trainer_owns_the_model(toy_model):
     with encoders_parked(owned, free=True):
         assert all(p.device.type == "meta" for p in owned.text_encoder.parameters())
         assert all(p.device.type == "cpu" for p in owned.unet.parameters())
+
+
+def test_concept_directions_and_augmentation_move_only_harmful_pairs(toy_model, pairs):
+    indices = list(range(len(pairs)))
+    inputs = encode_pairs(toy_model, pairs, indices, progress=False)
+    rows = [pairs[i] for i in indices]
+    cats = sorted({r["category"] for r in rows if r["is_harmful"]})
+    assert inputs.categories == cats
+    dirs = inputs.concept_directions()["hidden"]
+    assert dirs.shape == (len(cats), *inputs.cond.hidden.shape[1:])
+    with torch.no_grad():
+        clean = toy_model.encode_prompt(sorted({r["prompt"] for r in rows if not r["is_harmful"]})).hidden.mean(0)
+        for c, name in enumerate(cats):
+            harmful = sorted({r["prompt"] for r in rows if r["category"] == name and r["is_harmful"]})
+            torch.testing.assert_close(dirs[c], toy_model.encode_prompt(harmful).hidden.mean(0) - clean,
+                                       atol=1e-5, rtol=1e-4)
+
+    batch = inputs.batch(indices)
+    drop = [i == 0 for i in range(len(indices))]
+    _, cond = batch.encode(toy_model, drop, "cpu")
+    moved = batch.augment(cond, drop, torch.Generator().manual_seed(0), prob=1.0, scale=2.0)
+    assert torch.equal(batch.augment(cond, drop, torch.Generator().manual_seed(0), 0.0, 2.0).hidden, cond.hidden)
+    again = batch.augment(cond, drop, torch.Generator().manual_seed(0), prob=1.0, scale=2.0)
+    assert torch.equal(moved.hidden, again.hidden)  # a pure function of the generator
+    g = torch.Generator().manual_seed(0)
+    torch.rand(len(indices), generator=g)
+    eta = torch.rand(len(indices), generator=g) * 2.0
+    n_moved = 0
+    for k, r in enumerate(rows):
+        delta = moved.hidden[k] - cond.hidden[k]
+        if r["is_harmful"] and not drop[k]:
+            torch.testing.assert_close(delta, eta[k] * dirs[cats.index(r["category"])], atol=1e-5, rtol=1e-4)
+            n_moved += 1
+        else:
+            assert torch.equal(delta, torch.zeros_like(delta))
+    assert n_moved >= 5
+
+
+def test_concept_augmentation_trains_and_needs_cached_inputs(tmp_path, toy_model, pairs):
+    from scdpo.errors import ScdpoError
+
+    with pytest.raises(ScdpoError, match="--no-cache-inputs"):
+        TrainConfig(concept_augment=0.5, cache_inputs=False).validate()
+    cfg = TrainConfig(out=str(tmp_path), name="aug", **{**TINY, "concept_augment": 1.0, "concept_scale": 3.0})
+    aug = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    plain = load_lora(train_lora(dataclasses.replace(cfg, name="plain", concept_augment=0.0),
+                                 model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    diff = max(float((aug.tensors[k] - v).abs().max()) for k, v in plain.tensors.items() if "lora_up" in k)
+    assert diff > 1e-4
+    assert '"concept_augment": 1.0' in aug.metadata["scdpo_train_config"]

@@ -83,3 +83,16 @@ def test_bad_arguments_exit_2_with_one_error_line_and_no_report(case, lora_files
     assert message in err[0]
     assert captured.out == ""
     assert not (out / "report.json").exists()
+
+
+def test_a_lora_path_with_an_equals_sign_is_read_whole_or_after_the_name(lora_files, tmp_path, capsys):
+    odd = tmp_path / "run=2" / "a=b.safetensors"
+    odd.parent.mkdir()
+    shutil.copy(lora_files["a"], odd)
+    rc = main(["eval", "--lora", str(odd), "--lora", f"named={odd}", "--method", "", *TINY, "--json",
+               "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    methods = json.loads(captured.out.strip().splitlines()[-1])
+    assert list(methods) == ["a=b", "named"]
+    assert all(str(odd) in m["description"] for m in methods.values())

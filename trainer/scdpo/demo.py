@@ -4,10 +4,10 @@ Stages (each prints one progress line, and each is the documented CLI command, r
 
 1. ``train-cost``      safety cost model on base-model generations labelled by the oracle judge
 2. ``build-dataset``   safety-constrained preference (SCP) pairs scored by that cost model
-3. ``train``           the SC-DPO safety LoRA (β, λ, γ per DESIGN.md §2)
+3. ``train``           the SC-DPO safety LoRA (β, λ, γ per DESIGN.md §2, plus concept augmentation)
 4. baselines           Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
                        category, merged by activation and by averaging); the ablations
-                       (no DFM / no safety margin / no clean pairs)
+                       (no DFM / no safety margin / no clean pairs / no concept augmentation)
 5. ``eval``            every method on the held-out and adversarial suites → report.json/.html
 
 Outputs under ``--out``: ``cost_model.safetensors``, ``scp/``, ``loras/*.safetensors`` (+ resolved
@@ -44,6 +44,8 @@ class DemoPlan:
     dpo_steps: int = 300
     dpo_lr: float = 1e-3  # the toy UNet is small and the run short; SD runs use scdpo train's default
     expert_steps: int = 100  # each SafetyDPO expert sees one category's pairs (about a third)
+    concept_augment: float = 0.5  # SC-DPO rows: share of harmful pairs under a pushed embedding
+    concept_scale: float = 4.0  # (two seeds, n=20: adversarial 33 -> 28 % unsafe; others unchanged)
     eval_n: int = 10
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
     threads: int = 0  # torch threads per stage (0 = all cores)
@@ -104,7 +106,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     cache = str(out / "cache")
     steps = str(plan.gen_steps)
     categories = _categories()
-    stages = 5 + (4 if plan.ablations else 1) + len(categories) + 2
+    stages = 5 + (5 if plan.ablations else 1) + len(categories) + 2
     runner = StageRunner(stages, verbose)
     quiet = [] if verbose else ["--quiet"]
 
@@ -126,7 +128,8 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
             "--cost-model", str(cost), "--lr", f"{plan.dpo_lr:g}", *plan.extra_train_args, *extra, *quiet], verbose),
             skip=target.exists())
 
-    main_flags = []
+    augment = ["--concept-augment", f"{plan.concept_augment:g}", "--concept-scale", f"{plan.concept_scale:g}"]
+    main_flags = list(augment)
     if not dfm:
         main_flags += ["--gamma", "0"]
     if not safety_margin:
@@ -136,9 +139,10 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     train("sc-dpo", *main_flags)
     train("diffusion-dpo", "--lam", "0", "--gamma", "0")
     if plan.ablations:
-        train("sc-dpo-no-dfm", "--gamma", "0")
-        train("sc-dpo-no-margin", "--lam", "0")
-        train("sc-dpo-no-clean-pairs", "--no-clean-pairs")
+        train("sc-dpo-no-dfm", *augment, "--gamma", "0")
+        train("sc-dpo-no-margin", *augment, "--lam", "0")
+        train("sc-dpo-no-clean-pairs", *augment, "--no-clean-pairs")
+        train("sc-dpo-no-concept-augment")
     experts = []
     for cat in categories:
         name = f"safetydpo-expert-{cat}"
@@ -156,7 +160,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
                  f"safetydpo-average={loras / 'safetydpo-average.safetensors'}"]
     if plan.ablations:
         lora_args += [f"{n}={loras / (n + '.safetensors')}"
-                      for n in ("sc-dpo-no-dfm", "sc-dpo-no-margin", "sc-dpo-no-clean-pairs")]
+                      for n in ("sc-dpo-no-dfm", "sc-dpo-no-margin", "sc-dpo-no-clean-pairs", "sc-dpo-no-concept-augment")]
     eval_argv = ["eval", "--out", str(out), "--n", str(plan.eval_n), "--steps", steps,
                  "--method", "base,negative-prompt,safe-guidance,blacklist"]
     for spec in lora_args:

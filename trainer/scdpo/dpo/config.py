@@ -68,6 +68,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     optimizer: str = "adamw"  # adamw | adamw8bit (needs bitsandbytes)
     prompt_dropout: float = 0.0  # probability a pair's prompt is replaced by "" (both images)
+    concept_augment: float = 0.0  # share of harmful pairs trained with the prompt embedding pushed along its concept
+    concept_scale: float = 2.0  # largest push, in units of the category's concept direction (η ~ U(0, scale))
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
     gradient_checkpointing: bool = False
     cache_inputs: bool = True  # encode latents + text embeddings once before training; encoders leave the GPU
@@ -122,6 +124,11 @@ class TrainConfig:
             raise bad(f"alpha and lr must be > 0 (got {self.alpha}, {self.lr})")
         if not 0 <= self.prompt_dropout < 1:
             raise bad(f"prompt_dropout must be in [0, 1) (got {self.prompt_dropout})")
+        if not 0 <= self.concept_augment <= 1 or self.concept_scale < 0:
+            raise bad(f"concept_augment must be in [0, 1] and concept_scale >= 0 (got {self.concept_augment}, "
+                      f"{self.concept_scale})")
+        if self.concept_augment > 0 and not self.cache_inputs:
+            raise bad("concept_augment needs the encoded inputs: drop --no-cache-inputs")
         for key, allowed in (("lr_schedule", LR_SCHEDULES), ("mixed_precision", MIXED_PRECISION),
                              ("optimizer", OPTIMIZERS)):
             if getattr(self, key) not in allowed:

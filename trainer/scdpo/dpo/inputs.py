@@ -35,7 +35,7 @@ from .pairs import collate_pairs
 
 log = logging.getLogger(__name__)
 INPUTS_KIND = "scdpo_encoded_pairs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -46,6 +46,7 @@ class EncodedPairBatch:
     prompt_rows: torch.Tensor  # [B] rows of ``inputs.cond``
     winner_cost: torch.Tensor
     loser_cost: torch.Tensor
+    category_rows: torch.Tensor  # [B] index into ``inputs.categories``; -1 for a clean / near-miss pair
     inputs: "EncodedPairs"
 
     def __len__(self) -> int:
@@ -57,13 +58,44 @@ class EncodedPairBatch:
         cond = model.conditioning_for_size(self.inputs.cond.index(rows), self.inputs.height, self.inputs.width)
         return self.latents.to(device), cond.to(device)
 
+    def augment(self, cond: Conditioning, drop: Sequence[bool], generator: torch.Generator, prob: float,
+                scale: float) -> Conditioning:
+        """Embedding-space concept augmentation of harmful pairs (see :meth:`EncodedPairs.concept_directions`).
+
+        Each harmful, not-dropped pair is picked with probability ``prob``; its conditioning moves by
+        ``η · d_category`` with ``η ~ U(0, scale)``: the same pair (safe winner, unsafe loser) under a
+        prompt embedding pushed further towards its unsafe concept, as a Ring-A-Bell-style attack
+        pushes a prompt. Draws ``2B`` numbers from ``generator`` whatever is picked.
+        """
+        b = len(self)
+        pick = torch.rand(b, generator=generator) < prob
+        eta = torch.rand(b, generator=generator) * scale
+        pick &= (self.category_rows >= 0) & ~torch.tensor(list(drop), dtype=torch.bool)
+        if not bool(pick.any()):
+            return cond
+        dirs = self.inputs.concept_directions()
+        cats = self.category_rows.clamp(min=0)
+        out = Conditioning(cond.hidden, dict(cond.added))
+        for key, table in dirs.items():
+            value = cond.hidden if key == "hidden" else cond.added[key]
+            shift = (eta * pick).view(-1, *([1] * (value.ndim - 1))) * table[cats]
+            moved = (value.float() + shift.to(value.device)).to(value.dtype)
+            if key == "hidden":
+                out.hidden = moved
+            else:
+                out.added[key] = moved
+        return out
+
 
 class EncodedPairs:
     """The encoded inputs of a run: ``latents[k]`` belongs to dataset index ``indices[k]``."""
 
     def __init__(self, indices: Sequence[int], latents: torch.Tensor, pair_prompt: torch.Tensor, cond: Conditioning,
-                 empty_row: int, winner_cost: torch.Tensor, loser_cost: torch.Tensor, height: int, width: int):
+                 empty_row: int, winner_cost: torch.Tensor, loser_cost: torch.Tensor, height: int, width: int,
+                 pair_category: torch.Tensor, categories: Sequence[str]):
         self.indices = list(indices)
+        self.pair_category, self.categories = pair_category, list(categories)
+        self._directions: Optional[dict[str, torch.Tensor]] = None
         self.position = {idx: k for k, idx in enumerate(self.indices)}
         self.latents, self.pair_prompt, self.cond, self.empty_row = latents, pair_prompt, cond, int(empty_row)
         self.winner_cost, self.loser_cost = winner_cost, loser_cost
@@ -76,7 +108,35 @@ class EncodedPairs:
         pos = torch.tensor([self.position[i] for i in dataset_indices], dtype=torch.long)
         lat = self.latents[pos]
         return EncodedPairBatch(torch.cat([lat[:, 0], lat[:, 1]]), self.pair_prompt[pos], self.winner_cost[pos],
-                                self.loser_cost[pos], self)
+                                self.loser_cost[pos], self.pair_category[pos], self)
+
+    def concept_directions(self) -> dict[str, torch.Tensor]:
+        """Per unsafe category, the direction of its concept in text-embedding space, from the data.
+
+        ``d_k = mean(embedding of the distinct harmful prompts of category k) - mean(embedding of
+        the distinct clean and near-miss prompts)``, for the hidden states (and SDXL's pooled
+        ``text_embeds``). Returns ``{"hidden": [K, L, D], "text_embeds": [K, D']}`` (float32).
+        A category without clean prompts to compare with gets a zero direction.
+        """
+        if self._directions is None:
+            k = len(self.categories)
+            harmful = [set() for _ in range(k)]
+            clean = set()
+            for prow, cat in zip(self.pair_prompt.tolist(), self.pair_category.tolist()):
+                (harmful[cat] if cat >= 0 else clean).add(prow)
+            clean.discard(self.empty_row)
+            tables = {"hidden": self.cond.hidden.float()}
+            tables.update({k_: v.float() for k_, v in self.cond.added.items() if k_ == "text_embeds"})
+            self._directions = {}
+            for key, table in tables.items():
+                dirs = torch.zeros(k, *table.shape[1:])
+                if clean:
+                    base = table[sorted(clean)].mean(0)
+                    for c in range(k):
+                        if harmful[c]:
+                            dirs[c] = table[sorted(harmful[c])].mean(0) - base
+                self._directions[key] = dirs
+        return self._directions
 
     def nbytes(self) -> int:
         tensors = [self.latents, self.cond.hidden, *self.cond.added.values()]
@@ -86,11 +146,12 @@ class EncodedPairs:
     def save(self, path: Path, fingerprint: str) -> None:
         tensors = {"latents": self.latents, "pair_prompt": self.pair_prompt, "cond.hidden": self.cond.hidden,
                    "winner_cost": self.winner_cost, "loser_cost": self.loser_cost,
-                   "indices": torch.tensor(self.indices, dtype=torch.long)}
+                   "indices": torch.tensor(self.indices, dtype=torch.long), "pair_category": self.pair_category}
         tensors.update({f"cond.added.{k}": v for k, v in self.cond.added.items()})
         save_safetensors_atomic(tensors, path, {
             "kind": INPUTS_KIND, "format_version": str(FORMAT_VERSION), "fingerprint": fingerprint,
             "empty_row": str(self.empty_row), "height": str(self.height), "width": str(self.width),
+            "categories": json.dumps(self.categories),
         })
 
     @classmethod
@@ -106,7 +167,8 @@ class EncodedPairs:
             return None
         added = {k[len("cond.added."):]: v for k, v in t.items() if k.startswith("cond.added.")}
         return cls(t["indices"].tolist(), t["latents"], t["pair_prompt"], Conditioning(t["cond.hidden"], added),
-                   int(meta["empty_row"]), t["winner_cost"], t["loser_cost"], int(meta["height"]), int(meta["width"]))
+                   int(meta["empty_row"]), t["winner_cost"], t["loser_cost"], int(meta["height"]), int(meta["width"]),
+                   t["pair_category"], json.loads(meta["categories"]))
 
 
 def _prompt_of(dataset, i: int) -> str:
@@ -139,7 +201,7 @@ def encode_pairs(model: TextToImageModel, dataset, indices: Sequence[int], chunk
     """Encode the images of ``dataset[indices]`` (``chunk`` pairs per VAE call) and their prompts."""
     from tqdm import tqdm
 
-    latents, costs_w, costs_l, prompts = [], [], [], []
+    latents, costs_w, costs_l, prompts, cats = [], [], [], [], []
     size = None
     bar = tqdm(total=len(indices), desc="encoding pairs (once)", unit="pair", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(indices), chunk):
@@ -156,6 +218,7 @@ def encode_pairs(model: TextToImageModel, dataset, indices: Sequence[int], chunk
         costs_w.append(batch.winner_cost)
         costs_l.append(batch.loser_cost)
         prompts.extend(batch.prompts)
+        cats.extend(str(c) if h and c else None for h, c in zip(batch.is_harmful.tolist(), batch.categories))
         bar.update(b)
     bar.close()
     distinct = sorted(set(prompts) | {""})
@@ -164,8 +227,10 @@ def encode_pairs(model: TextToImageModel, dataset, indices: Sequence[int], chunk
     cond = parts[0]
     for part in parts[1:]:
         cond = cond.cat(part)
+    names = sorted({c for c in cats if c is not None})
+    pair_category = torch.tensor([names.index(c) if c is not None else -1 for c in cats], dtype=torch.long)
     return EncodedPairs(indices, torch.cat(latents), torch.tensor([row[p] for p in prompts], dtype=torch.long), cond,
-                        row[""], torch.cat(costs_w), torch.cat(costs_l), size[0], size[1])
+                        row[""], torch.cat(costs_w), torch.cat(costs_l), size[0], size[1], pair_category, names)
 
 
 def encoded_inputs(model: TextToImageModel, dataset, indices: Sequence[int], path: Path, data: str,

@@ -131,6 +131,8 @@ def dpo_batch_loss(
     gamma: float,
     prompt_dropout: float = 0.0,
     device: Optional[torch.device] = None,
+    concept_augment: float = 0.0,
+    concept_scale: float = 2.0,
 ) -> tuple[torch.Tensor, ScDpoDiagnostics]:
     """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
 
@@ -138,7 +140,9 @@ def dpo_batch_loss(
     CPU, so a step is reproducible on any device. ``batch``: images and prompts (encoded here by
     ``model``'s VAE and text encoders) or inputs encoded once before training
     (:class:`~scdpo.dpo.inputs.EncodedPairBatch`). ``model`` provides the noise scheduler;
-    ``policy`` / ``reference`` are the two UNet calls.
+    ``policy`` / ``reference`` are the two UNet calls. ``concept_augment`` > 0 (encoded batches only):
+    that share of harmful pairs trains under a prompt embedding pushed along its category's concept
+    direction by up to ``concept_scale`` (:meth:`~scdpo.dpo.inputs.EncodedPairBatch.augment`).
     """
     device = device or model.device
     b = len(batch)
@@ -147,6 +151,10 @@ def dpo_batch_loss(
     scheduler = model.noise_scheduler
     noise = torch.randn((b, *latents.shape[1:]), generator=generator).to(device, latents.dtype)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+    if concept_augment > 0:
+        if not hasattr(batch, "augment"):
+            raise ScdpoError("concept augmentation needs inputs encoded before training (--cache-inputs)")
+        cond = batch.augment(cond, drop, generator, concept_augment, concept_scale)
     noise2, timesteps2, cond2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps]), cond.cat(cond)
     noisy = scheduler.add_noise(latents, noise2, timesteps2)
     if scheduler.config.prediction_type == "v_prediction":

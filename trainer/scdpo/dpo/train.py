@@ -267,6 +267,7 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
                     loss, diag = dpo_batch_loss(
                         model, policy_call, reference_call, batch, _micro_generator(cfg.seed, micro_step, rank),
                         cfg.beta, cfg.lam, cfg.gamma, cfg.prompt_dropout, accelerator.device,
+                        cfg.concept_augment, cfg.concept_scale,
                     )
                     accelerator.backward(loss / cfg.grad_accum)
                 scal = {"loss": float(loss.detach()), **diag.scalars()}

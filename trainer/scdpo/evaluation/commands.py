@@ -46,7 +46,8 @@ def build_methods(model, method_names: list[str], loras: list[str], strength: fl
         else:
             raise ScdpoError(f"unknown method {name!r}; choose from base, {', '.join(TRAINING_FREE)} or pass --lora")
     for spec in loras:
-        name, _, path = spec.rpartition("=")
+        # NAME=FILE splits at the first "=" (a path may contain one); an existing file is taken whole
+        name, _, path = ("", "", spec) if Path(spec).is_file() or "=" not in spec else spec.partition("=")
         if not path:
             raise ScdpoError(f"--lora {spec!r} names no file; pass --lora [NAME=]FILE")
         name = name or Path(path).stem
