@@ -190,6 +190,9 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
             inputs = encoded_inputs(model, dataset, indices, paths["inputs"], cfg.data,
                                     progress=progress and accelerator.is_main_process)
         make_batch = inputs.batch
+        if cfg.concept_augment > 0 and not any(bool(d.abs().sum() > 0) for d in inputs.concept_directions().values()):
+            log.warning("concept augmentation has no direction to push along: the selected pairs need harmful and "
+                        "clean / near-miss prompts (it does nothing with --no-clean-pairs or --categories)")
     else:
         def make_batch(idx: list[int]):
             return collate_pairs([dataset[i] for i in idx])
