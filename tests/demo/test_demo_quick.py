@@ -49,3 +49,4 @@ def test_rerunning_the_demo_skips_finished_stages(demo_out, capsys):
     assert main(["demo", "--quick", "--out", str(demo_out)]) == 0
     out = capsys.readouterr().out
     assert out.count("already done, skipped") >= 10
+    assert "[14/14] eval" in out  # the stage counter counts the stages that run

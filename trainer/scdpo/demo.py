@@ -106,7 +106,12 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     cache = str(out / "cache")
     steps = str(plan.gen_steps)
     categories = _categories()
-    stages = 5 + (5 if plan.ablations else 1) + len(categories) + 2
+    augment = ["--concept-augment", f"{plan.concept_augment:g}", "--concept-scale", f"{plan.concept_scale:g}"]
+    ablations = {"sc-dpo-no-dfm": [*augment, "--gamma", "0"], "sc-dpo-no-margin": [*augment, "--lam", "0"],
+                 "sc-dpo-no-clean-pairs": [*augment, "--no-clean-pairs"],
+                 "sc-dpo-no-concept-augment": []} if plan.ablations else {}
+    # cost model, SCP data, sc-dpo, diffusion-dpo, ablations, one expert per category, 2 merges, eval
+    stages = 4 + len(ablations) + len(categories) + 3
     runner = StageRunner(stages, verbose)
     quiet = [] if verbose else ["--quiet"]
 
@@ -128,7 +133,6 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
             "--cost-model", str(cost), "--lr", f"{plan.dpo_lr:g}", *plan.extra_train_args, *extra, *quiet], verbose),
             skip=target.exists())
 
-    augment = ["--concept-augment", f"{plan.concept_augment:g}", "--concept-scale", f"{plan.concept_scale:g}"]
     main_flags = list(augment)
     if not dfm:
         main_flags += ["--gamma", "0"]
@@ -138,11 +142,8 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
         main_flags += ["--no-clean-pairs"]
     train("sc-dpo", *main_flags)
     train("diffusion-dpo", "--lam", "0", "--gamma", "0")
-    if plan.ablations:
-        train("sc-dpo-no-dfm", *augment, "--gamma", "0")
-        train("sc-dpo-no-margin", *augment, "--lam", "0")
-        train("sc-dpo-no-clean-pairs", *augment, "--no-clean-pairs")
-        train("sc-dpo-no-concept-augment")
+    for name, flags in ablations.items():
+        train(name, *flags)
     experts = []
     for cat in categories:
         name = f"safetydpo-expert-{cat}"
@@ -158,9 +159,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     lora_args = [f"sc-dpo={loras / 'sc-dpo.safetensors'}", f"diffusion-dpo={loras / 'diffusion-dpo.safetensors'}",
                  f"safetydpo={loras / 'safetydpo-activation.safetensors'}",
                  f"safetydpo-average={loras / 'safetydpo-average.safetensors'}"]
-    if plan.ablations:
-        lora_args += [f"{n}={loras / (n + '.safetensors')}"
-                      for n in ("sc-dpo-no-dfm", "sc-dpo-no-margin", "sc-dpo-no-clean-pairs", "sc-dpo-no-concept-augment")]
+    lora_args += [f"{n}={loras / (n + '.safetensors')}" for n in ablations]
     eval_argv = ["eval", "--out", str(out), "--n", str(plan.eval_n), "--steps", steps,
                  "--method", "base,negative-prompt,safe-guidance,blacklist"]
     for spec in lora_args:

@@ -67,10 +67,9 @@ def _build_variant(variant: str, rank: int, device, tokenizer_json: Optional[str
     and batch (images, or for ``trainer`` inputs encoded once with the text encoder then released)."""
     import torch
 
+    from ..toy.model import ToyTextToImage, _wrap_tokenizer
     from .inputs import encode_pairs
     from .pairs import ToyOraclePairs, collate_pairs
-
-    from ..toy.model import ToyTextToImage, _wrap_tokenizer
     from .step import attach_training_lora, disabled_adapter_reference, unet_call
 
     model = ToyTextToImage.from_scratch(0)

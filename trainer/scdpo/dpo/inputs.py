@@ -29,6 +29,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from ..errors import DatasetError
 from ..fileio import load_safetensors, read_safetensors_header, save_safetensors_atomic
 from ..pipeline import Conditioning, TextToImageModel
 from .pairs import collate_pairs
@@ -208,8 +209,6 @@ def encode_pairs(model: TextToImageModel, dataset, indices: Sequence[int], chunk
         batch = collate_pairs([dataset[i] for i in indices[start:start + chunk]])
         size = size or tuple(batch.winners.shape[1:3])
         if tuple(batch.winners.shape[1:3]) != size:
-            from ..errors import DatasetError
-
             raise DatasetError(f"pair images have different sizes {size} and {tuple(batch.winners.shape[1:3])}; "
                                "resize the dataset to one size")
         lat = model.encode_images(torch.cat([batch.winners, batch.losers]).to(model.device)).cpu()
@@ -223,10 +222,7 @@ def encode_pairs(model: TextToImageModel, dataset, indices: Sequence[int], chunk
     bar.close()
     distinct = sorted(set(prompts) | {""})
     row = {p: k for k, p in enumerate(distinct)}
-    parts = [model.encode_prompt(distinct[s:s + 64]).to("cpu") for s in range(0, len(distinct), 64)]
-    cond = parts[0]
-    for part in parts[1:]:
-        cond = cond.cat(part)
+    cond = Conditioning.concat([model.encode_prompt(distinct[s:s + 64]).to("cpu") for s in range(0, len(distinct), 64)])
     names = sorted({c for c in cats if c is not None})
     pair_category = torch.tensor([names.index(c) if c is not None else -1 for c in cats], dtype=torch.long)
     return EncodedPairs(indices, torch.cat(latents), torch.tensor([row[p] for p in prompts], dtype=torch.long), cond,
@@ -239,7 +235,7 @@ def encoded_inputs(model: TextToImageModel, dataset, indices: Sequence[int], pat
     fingerprint = inputs_fingerprint(model, dataset, indices, data)
     if path.exists():
         cached = EncodedPairs.load(path, fingerprint)
-        if cached is not None and cached.indices == list(indices):
+        if cached is not None:  # the fingerprint covers the selected indices
             log.info("read encoded inputs of %d pairs from %s", len(cached), path)
             return cached
     inputs = encode_pairs(model, dataset, indices, progress=progress)
