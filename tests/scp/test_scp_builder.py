@@ -14,6 +14,7 @@ from scdpo.cost.toy_encoder import ToyImageEncoder
 from scdpo.errors import OutputPathError
 from scdpo.scp import COLUMNS, BuildConfig, build_scp_dataset, choose_pair, load_scp_dataset, toy_prompt_specs
 from scdpo.scp.rewards import ToyFidelityReward
+from scdpo.scp.schema import png_bytes
 from scdpo.toy.world import CATEGORIES, IMAGE_SIZE, TEMPLATES_ONE, TEMPLATES_TWO
 
 
@@ -91,6 +92,17 @@ def test_toy_prompts_use_train_split_surface_forms_only():
             assert s.category is None
     assert {s.kind for s in specs} == {"harmful", "clean", "near_miss"}
     assert TEMPLATES_ONE["heldout"] and TEMPLATES_TWO["heldout"]
+
+
+def test_erased_rewrite_samples_are_losers_of_look_alike_prompts():
+    # candidates tie (the base draws the look-alike well): only the erased samples that score lower
+    # than the winner become losers, lowest R first, indexed after the candidates
+    c = choose_pair(False, [-1.0, -2.0], [1.0, 1.0], [False, False], erased_reward=[0.5, 1.0, 0.2], pairs=3)
+    assert (c.winner, c.loser, c.extra_losers) == (1, 2 + 2, [2 + 0])
+    # an unsafe candidate stays the preferred loser; erased samples come before lower-R safe candidates
+    c = choose_pair(False, [-1.0, 5.0, -2.0], [1.0, 0.8, 0.9], [False, True, False], erased_reward=[0.6], pairs=3)
+    assert (c.winner, c.loser, c.extra_losers) == (0, 1, [3, 2])
+    assert choose_pair(False, [-1.0, -2.0], [1.0, 1.0], [False, False], erased_reward=[1.0]).skip_reason == "reward_tie"
 
 
 # --- the build loop ----------------------------------------------------------------------------------
@@ -177,3 +189,50 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
     assert resumed.n_pairs == full.n_pairs and a.equals(b)
     with pytest.raises(OutputPathError, match="other settings"):
         build_scp_dataset(model, scorer, reward, prompts, _cfg(candidates=2), tmp_path / "resumed", progress=False)
+
+
+def test_look_alike_prompts_pair_their_best_candidate_against_erased_rewrite_samples(tmp_path):
+    from scdpo.models import load_base_model
+    from scdpo.scp.builder import _seed
+
+    model = load_base_model("toy")
+    cost_model = SafetyCostModel(ToyImageEncoder(), ["gore", "nudity", "weapon"], feature_dim=8)
+    cost_model.threshold = float("inf")  # nothing unsafe: only the reward decides
+    scorer = CostScorer(cost_model)
+    prompts = toy_prompt_specs(8, harmful_frac=0.0, near_miss_frac=1.0, seed=3)
+    assert all(p.kind == "near_miss" and p.erased_text for p in prompts)
+    cfg = _cfg(n_prompts=8, candidates=2, steps=10, pairs_per_prompt=2)
+    res = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "on", progress=False)
+    rows = pq.read_table(tmp_path / "on" / "pairs.parquet").to_pylist()
+    erased = [r for r in rows if r["pair_id"].endswith("-erased")]
+    assert len(erased) >= 6 and res.summary["erased_rewrite_losers"] == len(erased)
+    for r in erased:
+        assert r["kind"] == "near_miss" and r["winner_reward"] > r["loser_reward"]
+    # the loser really is a sample of the erased rewrite, drawn with its recorded seed
+    r = erased[0]
+    j = int(r["pair_id"].split("-")[1])
+    assert r["loser_seed"] in {_seed(cfg.seed, j, 2000 + k) for k in range(cfg.erased_candidates)}
+    again = model.generate([prompts[j].erased_text], seed=[r["loser_seed"]], steps=10)
+    assert png_bytes((again[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()) == r["loser_png"]
+    off = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, _cfg(n_prompts=8, candidates=2, steps=10,
+                            pairs_per_prompt=2, erased_candidates=0), tmp_path / "off", progress=False)
+    assert off.summary["erased_rewrite_losers"] == 0
+    # the erased samples rescue look-alike prompts whose candidates tie on the reward
+    assert off.summary["skipped_prompts"].get("reward_tie", 0) > res.summary["skipped_prompts"].get("reward_tie", 0)
+
+
+def test_prompt_csv_look_alike_rows_and_a_clear_error(tmp_path):
+    from scdpo.errors import InputFileError
+    from scdpo.scp.commands import read_prompt_csv
+
+    f = tmp_path / "prompts.csv"
+    f.write_text("prompt,category,safe_prompt,erased_prompt\n"
+                 "a bloody knife,weapon,a kitchen,\n"
+                 "a pencil on a desk,,,an empty desk\n"
+                 "a cat,,,\n", encoding="utf-8")
+    specs = read_prompt_csv(f)
+    assert [(s.kind, s.safe_text, s.erased_text) for s in specs] == [
+        ("harmful", "a kitchen", None), ("near_miss", None, "an empty desk"), ("clean", None, None)]
+    f.write_text("prompt,category,erased_prompt\na knife,weapon,a table\n", encoding="utf-8")
+    with pytest.raises(InputFileError, match="line 2.*erased_prompt"):
+        read_prompt_csv(f)

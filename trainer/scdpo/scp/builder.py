@@ -2,7 +2,8 @@
 
 Read top to bottom: prompts → chunks → per chunk: generate ``N`` candidates per prompt (batched,
 one seed per image) → cost ``C`` and reward ``R`` → safe rewrites where a harmful prompt has no
-safe candidate → :func:`choose_pair` → one parquet part file. Parts are written atomically and
+safe candidate, erased rewrites of look-alike prompts → :func:`choose_pair` → one parquet part
+file. Parts are written atomically and
 a ``build_state.json`` lists the finished ones, so a killed build re-run with the same command
 continues at the first unfinished chunk and ends with the same dataset (every random draw is a
 function of the prompt index and candidate number). Finally the parts are merged into
@@ -22,7 +23,14 @@ Pairing rules (:func:`choose_pair`), "safe" meaning ``C <= threshold`` of the co
 * clean instruction — winner = the best-``R`` safe candidate (an unsafe candidate never wins);
   loser = among candidates with a strictly lower ``R``, the highest-``C`` unsafe one if any (the
   preferred loser), else the lowest-``R`` one; skipped as ``reward_tie`` if no candidate scores
-  below the winner. So a clean pair's winner always beats its loser on ``R``.
+  below the winner. So a clean pair's winner always beats its loser on ``R``;
+* clean instruction with an **erased rewrite** (a look-alike prompt, ``kind = near_miss``: the same
+  prompt without the look-alike, e.g. "a pencil and a red ring" → "a red ring on the left") —
+  ``erased_candidates`` samples of the rewrite, scored with ``R`` *of the original prompt*, join
+  the losers: after unsafe candidates, before lower-``R`` candidates, and only where their ``R`` is
+  strictly lower than the winner's. They show what an over-erasing LoRA would draw, and keep the
+  look-alike pairs that would otherwise be skipped as ``reward_tie`` (on the toy world, nearly all
+  of them: the base draws look-alikes well). Their ``pair_id`` ends in ``-erased``.
 
 ``pairs_per_prompt > 1`` adds, with the same winner, the next losers in the same order (harmful:
 further unsafe candidates by ``C``; clean: further lower-``R`` candidates), so the N samples drawn
@@ -56,6 +64,7 @@ class PromptSpec:
     category: Optional[str] = None
     kind: str = "clean"  # harmful | clean | near_miss
     safe_text: Optional[str] = None  # the safe rewrite (toy: given by the world's generator)
+    erased_text: Optional[str] = None  # a look-alike prompt without its look-alike (clean prompts only)
     toy_prompt: object = None  # scdpo.toy.world.ToyPrompt for the toy reward
 
 
@@ -64,6 +73,7 @@ class BuildConfig:
     n_prompts: int = 800
     candidates: int = 4  # N samples per prompt
     rewrite_candidates: int = 2  # samples of the safe rewrite when no candidate is safe
+    erased_candidates: int = 2  # samples of a look-alike prompt's erased rewrite, losers (0: off)
     harmful_frac: float = 0.5  # toy prompt mix (ratio of harmful to clean instructions)
     near_miss_frac: float = 0.15
     steps: int = 20
@@ -79,7 +89,7 @@ class BuildConfig:
 @dataclass
 class PairChoice:
     winner: Optional[int] = None  # index into candidates (or into rewrites when from_rewrite)
-    loser: Optional[int] = None
+    loser: Optional[int] = None  # index into candidates, then erased samples (index - len(candidates))
     from_rewrite: bool = False
     skip_reason: Optional[str] = None
     extra_losers: list = field(default_factory=list)  # further losers for the same winner, in order
@@ -93,11 +103,13 @@ def _best(indices: Sequence[int], reward, cost) -> int:
 def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float], unsafe: Sequence[bool],
                 rewrite_cost: Sequence[float] = (), rewrite_reward: Sequence[float] = (),
                 rewrite_unsafe: Sequence[bool] = (), winner_max_cost: float = float("inf"),
-                pairs: int = 1) -> PairChoice:
+                pairs: int = 1, erased_reward: Sequence[float] = ()) -> PairChoice:
     """The pairing rules of the module docstring for one prompt's candidates.
 
     ``unsafe[i]`` is the cost model's verdict (``C > threshold``); a harmful pair's winner must in
     addition have ``C <= winner_max_cost``. ``pairs``: at most this many losers for the winner.
+    ``erased_reward``: ``R`` of a clean prompt's erased-rewrite samples; loser index
+    ``len(cost) + k`` names sample ``k``.
     """
     idx = range(len(cost))
     safe = [i for i in idx if not unsafe[i]]
@@ -118,10 +130,13 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
         return PairChoice(skip_reason="no_safe_winner")
     winner = _best(safe, reward, cost)
     lower = [i for i in idx if i != winner and reward[i] < reward[winner]]
-    if not lower:
+    erased = sorted((k for k in range(len(erased_reward)) if erased_reward[k] < reward[winner]),
+                    key=lambda k: (erased_reward[k], k))
+    if not lower and not erased:
         return PairChoice(skip_reason="reward_tie")
-    # unsafe ones first (highest C first), then the rest by lowest R
+    # unsafe ones first (highest C first), then erased samples, then the rest by lowest R
     order = sorted([i for i in lower if unsafe[i]], key=lambda i: (-cost[i], i)) + \
+        [len(cost) + k for k in erased] + \
         sorted([i for i in lower if not unsafe[i]], key=lambda i: (reward[i], -cost[i], i))
     losers = order[:max(1, pairs)]
     return PairChoice(winner, losers[0], extra_losers=losers[1:])
@@ -142,7 +157,8 @@ def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 
             p = world.near_miss_prompt(rng)
         else:
             p = world.clean_prompt(rng)
-        out.append(PromptSpec(p.text, p.is_harmful, p.category if p.is_harmful else None, p.kind, p.safe_text, p))
+        out.append(PromptSpec(p.text, p.is_harmful, p.category if p.is_harmful else None, p.kind, p.safe_text,
+                              p.erased_text, p))
     return out
 
 
@@ -192,13 +208,28 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
             rw[j] = (rw_images[sl], rw_costs.cost[sl].double().tolist(), rw_rewards[sl].tolist(),
                      rw_costs.unsafe[sl].tolist(), rw_seeds[sl])
 
+    # Erased rewrites of look-alike prompts: losers scored against the original prompt.
+    n_er = cfg.erased_candidates
+    look_alike = [j for j, p in enumerate(prompts) if not p.is_harmful and p.erased_text] if n_er > 0 else []
+    er = {}
+    if look_alike:
+        er_seeds = [_seed(cfg.seed, first_index + j, 2000 + k) for j in look_alike for k in range(n_er)]
+        er_images = _generate(model, [prompts[j].erased_text for j in look_alike for _ in range(n_er)], er_seeds, cfg)
+        er_costs = scorer.score(er_images, batch_size=256).cost.double().tolist()
+        er_rewards = reward.score(er_images, [prompts[j] for j in look_alike for _ in range(n_er)]).tolist()
+        er_arr = _to_uint8(er_images)
+        for a, j in enumerate(look_alike):
+            sl = slice(a * n_er, (a + 1) * n_er)
+            er[j] = (er_arr[sl], er_costs[sl], er_rewards[sl], er_seeds[sl])
+
     arr = _to_uint8(images)
     rows, skipped = [], {}
     for j, p in enumerate(prompts):
         r = rw.get(j)
+        e = er.get(j)
         choice = choose_pair(p.is_harmful, cost[j].tolist(), rew[j].tolist(), unsafe[j].tolist(),
                              *(r[1:4] if r else ((), (), ())), winner_max_cost=winner_max,
-                             pairs=cfg.pairs_per_prompt)
+                             pairs=cfg.pairs_per_prompt, erased_reward=e[2] if e else ())
         if choice.skip_reason:
             skipped[choice.skip_reason] = skipped.get(choice.skip_reason, 0) + 1
             continue
@@ -211,14 +242,19 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
             w_cost, w_rew = float(cost[j, choice.winner]), float(rew[j, choice.winner])
         w_png = png_bytes(w_img)
         for k, loser in enumerate([choice.loser, *choice.extra_losers]):
-            gl = j * n_cand + loser
+            if loser < n_cand:
+                gl = j * n_cand + loser
+                l_img, l_cost, l_rew, l_seed, suffix = arr[gl], cost[j, loser], rew[j, loser], seeds[gl], ""
+            else:  # an erased-rewrite sample
+                q = loser - n_cand
+                l_img, l_cost, l_rew, l_seed, suffix = e[0][q], e[1][q], e[2][q], e[3][q], "-erased"
             rows.append({
-                "pair_id": f"{cfg.source}-{first_index + j:06d}" + (f"-{k}" if k else ""), "prompt": p.text,
+                "pair_id": f"{cfg.source}-{first_index + j:06d}" + (f"-{k}" if k else "") + suffix, "prompt": p.text,
                 "is_harmful": p.is_harmful, "category": p.category if p.is_harmful else None, "kind": p.kind,
-                "winner_png": w_png, "loser_png": png_bytes(arr[gl]),
-                "winner_cost": float(w_cost), "loser_cost": float(cost[j, loser]),
-                "winner_reward": float(w_rew), "loser_reward": float(rew[j, loser]),
-                "winner_seed": int(w_seed), "loser_seed": int(seeds[gl]),
+                "winner_png": w_png, "loser_png": png_bytes(l_img),
+                "winner_cost": float(w_cost), "loser_cost": float(l_cost),
+                "winner_reward": float(w_rew), "loser_reward": float(l_rew),
+                "winner_seed": int(w_seed), "loser_seed": int(l_seed),
                 "winner_source": "safe_rewrite" if choice.from_rewrite else "candidate", "source": cfg.source,
             })
     return rows, skipped
@@ -296,6 +332,7 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
         "n_pairs": table.num_rows,
         "pairs_by_kind": {k: kinds.count(k) for k in sorted(set(kinds))},
         "safe_rewrite_winners": sources.count("safe_rewrite"),
+        "erased_rewrite_losers": sum(pid.endswith("-erased") for pid in table.column("pair_id").to_pylist()),
         "prompts": len(prompts),
         "skipped_prompts": skipped_total,
         "config": asdict(cfg),

@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--reward", default=None,
                    help="preference reward: toy fidelity (default) or package.module:function for your own")
     b.add_argument("--prompts", default=None,
-                   help="CSV with columns prompt, category (empty = clean), optional safe_prompt "
-                        "(default: toy prompts)")
+                   help="CSV with columns prompt, category (empty = clean), optional safe_prompt (harmful "
+                        "rows: the prompt made safe) and erased_prompt (clean rows that resemble a category: the "
+                        "prompt without the look-alike, sampled as losers) (default: toy prompts)")
     b.add_argument("--n-prompts", type=int, default=800, help="toy prompts (default 800)")
     b.add_argument("--harmful-frac", type=float, default=0.5, help="share of harmful toy instructions (default 0.5)")
     b.add_argument("--near-miss-frac", type=float, default=0.15, help="share of near-miss clean toy instructions")
@@ -39,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--winner-max-cost", type=float, default=-3.0,
                    help="a harmful pair's winner must score C <= min(threshold, this): confidently safe "
                         "(default -3, P(unsafe) about 5%%); otherwise the prompt's safe rewrite is sampled")
+    b.add_argument("--erased-candidates", type=int, default=2,
+                   help="samples of each look-alike prompt's erased rewrite (the prompt without the look-alike), "
+                        "paired as losers against its best candidate so the LoRA learns to keep look-alikes "
+                        "(default 2; 0 = off)")
     b.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     b.add_argument("--guidance-scale", type=float, default=None)
     b.add_argument("--batch-size", type=int, default=128, help="images per generation batch (default 128)")
@@ -71,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def read_prompt_csv(path: str | Path):
-    """User prompts: CSV ``prompt, category[, safe_prompt]`` → list of PromptSpec."""
+    """User prompts: CSV ``prompt, category[, safe_prompt][, erased_prompt]`` → list of PromptSpec."""
     from .builder import PromptSpec
 
     path = Path(path)
@@ -85,13 +90,18 @@ def read_prompt_csv(path: str | Path):
     if "prompt" not in (reader.fieldnames or []):
         raise InputFileError(f"{path} needs a header with a `prompt` column (and `category`, optional `safe_prompt`)")
     out = []
-    for rec in records:
+    for line, rec in enumerate(records, start=2):
         text = (rec.get("prompt") or "").strip()
         if not text:
             continue
         cat = (rec.get("category") or "").strip() or None
-        out.append(PromptSpec(text, cat is not None, cat, "harmful" if cat else "clean",
-                              (rec.get("safe_prompt") or "").strip() or None))
+        erased = (rec.get("erased_prompt") or "").strip() or None
+        if cat and erased:
+            raise InputFileError(f"{path} line {line}: erased_prompt belongs to clean look-alike prompts, but this "
+                                 f"row has category {cat!r}; clear one of the two (a harmful row takes safe_prompt)")
+        kind = "harmful" if cat else ("near_miss" if erased else "clean")
+        out.append(PromptSpec(text, cat is not None, cat, kind, (rec.get("safe_prompt") or "").strip() or None,
+                              erased))
     if not out:
         raise InputFileError(f"{path} contains no prompts")
     return out
@@ -129,7 +139,8 @@ def _build(args) -> int:
     cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
                       near_miss_frac=args.near_miss_frac, steps=args.steps, guidance_scale=args.guidance_scale,
                       batch_size=args.batch_size, seed=args.seed, source="toy" if toy else "generated",
-                      winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt)
+                      winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
+                      erased_candidates=args.erased_candidates)
     prompts = (toy_prompt_specs(cfg.n_prompts, cfg.harmful_frac, cfg.near_miss_frac, cfg.seed) if toy
                else read_prompt_csv(args.prompts))
     reward = make_reward(args.reward)

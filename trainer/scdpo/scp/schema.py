@@ -6,7 +6,9 @@ it was built, counts, skipped prompts by reason). One row per preference pair; c
 ==================  ==========  ===========================================================
 column              type        meaning
 ==================  ==========  ===========================================================
-``pair_id``         string      unique id (``<source>-<prompt index>``)
+``pair_id``         string      unique id (``<source>-<prompt index>[-<k>][-erased]``: ``k``-th pair of
+                                the prompt; ``-erased``: the loser is a sample of the prompt's erased
+                                rewrite, see :mod:`scdpo.scp.builder`)
 ``prompt``          string      the instruction both images answer
 ``is_harmful``      bool        harmful instruction (has a category) or clean one
 ``category``        string|null unsafe category of a harmful instruction, else null

@@ -182,7 +182,10 @@ class ToyPrompt:
     """A prompt with what it should (and, for harmful prompts, must not) render.
 
     ``scene`` is what the prompt asks for; ``safe_scene``/``safe_text`` is the prompt's safe
-    rewrite (the unsafe thing removed), used when no generated candidate is safe.
+    rewrite (the unsafe thing removed), used when no generated candidate is safe. A near-miss
+    prompt has instead an *erased* rewrite, ``erased_text``/``erased_scene``: the same prompt
+    without its look-alike, i.e. what an over-erasing model draws for it (SCP uses its samples as
+    losers, so the LoRA learns to keep the look-alike).
     """
 
     text: str
@@ -194,6 +197,8 @@ class ToyPrompt:
     safe_text: Optional[str] = None
     safe_scene: Optional[Scene] = None
     seed: int = 0
+    erased_text: Optional[str] = None
+    erased_scene: Optional[Scene] = None
 
     @property
     def clean_things(self) -> tuple[Thing, ...]:
@@ -295,6 +300,14 @@ class ToyWorld:
         return Thing("nearmiss", nm.colour, nm.pattern, position, "large", nm.category, nm.name)
 
     # -- prompts
+    def _alone_text(self, rng: random.Random, bg: str, obj: Thing) -> str:
+        """A one-thing caption for ``obj`` that names its position, so it stays where it was."""
+        text = self._text(rng, bg, obj, None)
+        if obj.position != "center" and f" on the {obj.position}" not in text:
+            for size in (True, False):
+                text = text.replace(object_phrase(obj, size, False), object_phrase(obj, size, True))
+        return text
+
     def _text(self, rng: random.Random, bg: str, first: Thing, second: Optional[Thing]) -> str:
         if second is None:
             tpl = rng.choice(self._pick_split(rng, TEMPLATES_ONE))
@@ -324,11 +337,7 @@ class ToyWorld:
         mot = self.motif(rng, category, form, "right")
         text = self._text(rng, bg, obj, mot)
         safe_obj = replace(obj, position="left")
-        safe_text = self._text(random.Random(rng.random()), bg, safe_obj, None)
-        # The rewrite must name the position so the object stays where it was.
-        if " on the left" not in safe_text:
-            safe_text = safe_text.replace(object_phrase(safe_obj, True, False), object_phrase(safe_obj, True, True))
-            safe_text = safe_text.replace(object_phrase(safe_obj, False, False), object_phrase(safe_obj, False, True))
+        safe_text = self._alone_text(random.Random(rng.random()), bg, safe_obj)
         return ToyPrompt(
             text,
             Scene(bg, (obj, mot)),
@@ -347,7 +356,11 @@ class ToyWorld:
         obj = self.random_object(rng, "left")
         thing = self.near_miss(nm, "right")
         text = self._text(rng, bg, obj, thing)
-        return ToyPrompt(text, Scene(bg, (obj, thing)), False, nm.category, None, "near_miss", seed=rng.randrange(2**31))
+        seed = rng.randrange(2**31)
+        # Its own generator, so adding the rewrite left every other prompt of the stream unchanged.
+        erased = self._alone_text(random.Random(f"erased-{seed}"), bg, obj)
+        return ToyPrompt(text, Scene(bg, (obj, thing)), False, nm.category, None, "near_miss", seed=seed,
+                         erased_text=erased, erased_scene=Scene(bg, (obj,)))
 
     def sample_prompt(self, rng: random.Random, harmful_frac: float = 0.3, near_miss_frac: float = 0.15) -> ToyPrompt:
         u = rng.random()
