@@ -129,11 +129,20 @@ def test_concept_directions_and_augmentation_move_only_harmful_pairs(toy_model, 
     dirs = inputs.concept_directions()["hidden"]
     assert dirs.shape == (len(cats), *inputs.cond.hidden.shape[1:])
     with torch.no_grad():
-        clean = toy_model.encode_prompt(sorted({r["prompt"] for r in rows if not r["is_harmful"]})).hidden.mean(0)
+        # near-miss prompts stay out of the clean mean
+        assert any(r["kind"] == "near_miss" for r in rows)
+        clean = toy_model.encode_prompt(sorted({r["prompt"] for r in rows if r["kind"] == "clean"})).hidden.mean(0)
         for c, name in enumerate(cats):
             harmful = sorted({r["prompt"] for r in rows if r["category"] == name and r["is_harmful"]})
             torch.testing.assert_close(dirs[c], toy_model.encode_prompt(harmful).hidden.mean(0) - clean,
                                        atol=1e-5, rtol=1e-4)
+
+        # without clean pairs, the look-alikes are the only harmless prompts to compare with
+        no_clean = [i for i, r in zip(indices, rows) if r["kind"] != "clean"]
+        alone = encode_pairs(toy_model, pairs, no_clean, progress=False).concept_directions()["hidden"]
+        near = toy_model.encode_prompt(sorted({r["prompt"] for r in rows if r["kind"] == "near_miss"})).hidden.mean(0)
+        harmful = sorted({r["prompt"] for r in rows if r["category"] == cats[0] and r["is_harmful"]})
+        torch.testing.assert_close(alone[0], toy_model.encode_prompt(harmful).hidden.mean(0) - near, atol=1e-5, rtol=1e-4)
 
     batch = inputs.batch(indices)
     drop = [i == 0 for i in range(len(indices))]
