@@ -7,7 +7,7 @@ Stages (each prints one progress line, and each is the documented CLI command, r
 3. ``train``           the SC-DPO safety LoRA (β, λ, γ per DESIGN.md §2, plus concept augmentation)
 4. baselines           Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
                        category, merged by activation and by averaging); the ablations
-                       (no DFM / no safety margin / no clean pairs / no concept augmentation)
+                       (no DFM / no safety margin / no clean pairs)
 5. ``eval``            every method on the held-out and adversarial suites → report.json/.html
 
 Outputs under ``--out``: ``cost_model.safetensors``, ``scp/``, ``loras/*.safetensors`` (+ resolved
@@ -41,11 +41,11 @@ class DemoPlan:
     scp_near_miss_frac: float = 0.15  # look-alike clean prompts (0.3 cost 11 points of clean fidelity)
     scp_candidates: int = 4
     scp_pairs_per_prompt: int = 3
-    dpo_steps: int = 300
+    dpo_steps: int = 500  # with erased-rewrite pairs, 300 steps left seed-dependent safety (direct 5-20 %)
     dpo_lr: float = 1e-3  # the toy UNet is small and the run short; SD runs use scdpo train's default
     expert_steps: int = 100  # each SafetyDPO expert sees one category's pairs (about a third)
     concept_augment: float = 0.5  # SC-DPO rows: share of harmful pairs under a pushed embedding
-    concept_scale: float = 4.0  # (two seeds, n=20: adversarial 33 -> 28 % unsafe; others unchanged)
+    concept_scale: float = 4.0  # (two seeds, n=20, 600 steps: adversarial 27/32 -> 18/27 % unsafe)
     eval_n: int = 10
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
     threads: int = 0  # torch threads per stage (0 = all cores)
@@ -108,8 +108,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     categories = _categories()
     augment = ["--concept-augment", f"{plan.concept_augment:g}", "--concept-scale", f"{plan.concept_scale:g}"]
     ablations = {"sc-dpo-no-dfm": [*augment, "--gamma", "0"], "sc-dpo-no-margin": [*augment, "--lam", "0"],
-                 "sc-dpo-no-clean-pairs": [*augment, "--no-clean-pairs"],
-                 "sc-dpo-no-concept-augment": []} if plan.ablations else {}
+                 "sc-dpo-no-clean-pairs": [*augment, "--no-clean-pairs"]} if plan.ablations else {}
     # cost model, SCP data, sc-dpo, diffusion-dpo, ablations, one expert per category, 2 merges, eval
     stages = 4 + len(ablations) + len(categories) + 3
     runner = StageRunner(stages, verbose)
