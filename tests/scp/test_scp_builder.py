@@ -236,3 +236,13 @@ def test_prompt_csv_look_alike_rows_and_a_clear_error(tmp_path):
     f.write_text("prompt,category,erased_prompt\na knife,weapon,a table\n", encoding="utf-8")
     with pytest.raises(InputFileError, match="line 2.*erased_prompt"):
         read_prompt_csv(f)
+
+
+@pytest.mark.parametrize("flag,value", [("--candidates", "0"), ("--erased-candidates", "-1"),
+                                        ("--pairs-per-prompt", "0")])
+def test_build_command_rejects_impossible_counts_in_one_line(tmp_path, capsys, flag, value):
+    from scdpo.cli import main
+
+    assert main(["build-dataset", "--out", str(tmp_path / "scp"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} must be at least" in err and not (tmp_path / "scp").exists()

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..cost.commands import add_threads_arg, apply_threads
-from ..errors import InputFileError
+from ..errors import InputFileError, ScdpoError
 from ..fileio import write_json_atomic
 
 
@@ -135,6 +135,10 @@ def _build(args) -> int:
     from .rewards import make_reward
 
     apply_threads(args.threads)
+    for flag, value, least in (("--candidates", args.candidates, 1), ("--pairs-per-prompt", args.pairs_per_prompt, 1),
+                               ("--erased-candidates", args.erased_candidates, 0), ("--n-prompts", args.n_prompts, 1)):
+        if value < least:
+            raise ScdpoError(f"{flag} must be at least {least} (got {value})")
     toy = args.prompts is None
     cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
                       near_miss_frac=args.near_miss_frac, steps=args.steps, guidance_scale=args.guidance_scale,
