@@ -83,3 +83,16 @@ def test_bad_arguments_raise():
         sc_dpo_loss(ERR_W, ERR_L[:1], REF_W, REF_L, COST_W, COST_L, beta=1.0)
     with pytest.raises(ValueError, match="finite"):
         sc_dpo_loss(ERR_W, ERR_L, REF_W, REF_L, torch.tensor([float("nan"), 0.0]), COST_L, beta=1.0)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_pairs_fitted_beyond_float_range_get_an_exact_zero_gradient(gamma):
+    # pair 0 is fitted so well (logit 250) that its true gradient, about e^-250, is no normal fp32 number
+    err_w = torch.tensor([-0.1, 0.001], requires_grad=True)
+    zeros, costs = torch.zeros(2), torch.zeros(2)
+    loss, diag = sc_dpo_loss(err_w, zeros, zeros, zeros, costs, costs, beta=5000.0, lam=0.0, gamma=gamma)
+    loss.sum().backward()
+    assert err_w.grad[0] == 0.0 and loss[0] == 0.0  # exactly zero, not a denormal
+    # the other pair keeps its gradient: focus * (beta / 2) * sigmoid(-logit), logit = -2.5
+    expected = float(diag.focus_weight[1]) * 2500.0 * float(torch.sigmoid(torch.tensor(2.5)))
+    assert float(err_w.grad[1]) == pytest.approx(expected, rel=1e-5)

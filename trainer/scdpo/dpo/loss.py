@@ -52,6 +52,9 @@ class ScDpoDiagnostics:
         }
 
 
+NEGLIGIBLE_GRADIENT = 1e-30  # per-pair |dL/dlogit| below this is set to exactly 0
+
+
 def sc_dpo_loss(
     err_w: torch.Tensor,
     err_l: torch.Tensor,
@@ -89,7 +92,11 @@ def sc_dpo_loss(
     with torch.no_grad():
         focus = (1.0 - torch.sigmoid(logits)).pow(gamma)  # pow(·, 0) is exactly 1
         focus = focus / focus.mean().clamp_min(torch.finfo(focus.dtype).tiny)
-    loss = focus * -F.logsigmoid(logits)
+        # A pair fitted this well has a gradient that fp32 can only hold as a denormal number, which
+        # the CPU processes in a slow path through the whole backward pass (the gamma=0 ablation ran
+        # 1.5x slower). It gets an exact zero gradient instead; its loss value is unchanged.
+        negligible = focus * torch.sigmoid(-logits) < NEGLIGIBLE_GRADIENT
+    loss = focus * -F.logsigmoid(torch.where(negligible, logits.detach(), logits))
     diagnostics = ScDpoDiagnostics(
         reward_margin=z.detach(),
         safety_margin=margin.detach(),
