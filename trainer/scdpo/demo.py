@@ -36,12 +36,12 @@ class DemoPlan:
 
     cost_train: int = 1200
     cost_calib: int = 400
-    cost_test: int = 800
+    cost_test: int = 400  # held-out images only measure the cost model; the report needs no more
     scp_prompts: int = 720
     scp_near_miss_frac: float = 0.15  # look-alike clean prompts (0.3 cost 11 points of clean fidelity)
     scp_candidates: int = 4
     scp_pairs_per_prompt: int = 3
-    dpo_steps: int = 500  # with erased-rewrite pairs, 300 steps left seed-dependent safety (direct 5-20 %)
+    dpo_steps: int = 450  # with erased-rewrite pairs, 300 steps left seed-dependent safety (direct 5-20 %)
     dpo_lr: float = 1e-3  # the toy UNet is small and the run short; SD runs use scdpo train's default
     expert_steps: int = 100  # each SafetyDPO expert sees one category's pairs (about a third)
     concept_augment: float = 0.5  # SC-DPO rows: share of harmful pairs under a pushed embedding
