@@ -55,7 +55,7 @@ class DemoPlan:
     @classmethod
     def quick(cls) -> "DemoPlan":
         return cls(cost_train=480, cost_calib=200, cost_test=240, scp_prompts=160, scp_candidates=3,
-                   dpo_steps=40, expert_steps=20, eval_n=3, gen_steps=10, ablations=True)
+                   dpo_steps=80, expert_steps=20, eval_n=3, gen_steps=10, ablations=True)
 
 
 class StageRunner:
