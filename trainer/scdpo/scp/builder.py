@@ -44,7 +44,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -178,6 +178,33 @@ def _generate(model, texts: list[str], seeds: list[int], cfg: BuildConfig) -> to
     return torch.cat(out) if out else torch.zeros(0)
 
 
+class RewriteSamples(NamedTuple):
+    """``n`` samples of one prompt's rewrite, scored with the cost model and ``R`` of the original prompt."""
+
+    images: np.ndarray  # uint8 [n,H,W,3]
+    cost: list[float]
+    reward: list[float]
+    unsafe: list[bool]
+    seeds: list[int]
+
+
+def _rewrite_samples(model, scorer, reward, prompts: list[PromptSpec], chosen: list[int], text_field: str, n: int,
+                     seed_offset: int, first_index: int, cfg: BuildConfig) -> dict[int, RewriteSamples]:
+    """Sample ``n`` images of ``prompts[j].<text_field>`` for each ``j`` in ``chosen`` (one batched run)."""
+    if not chosen or n <= 0:
+        return {}
+    seeds = [_seed(cfg.seed, first_index + j, seed_offset + k) for j in chosen for k in range(n)]
+    images = _generate(model, [getattr(prompts[j], text_field) for j in chosen for _ in range(n)], seeds, cfg)
+    costs = scorer.score(images, batch_size=256)
+    rewards = reward.score(images, [prompts[j] for j in chosen for _ in range(n)]).tolist()
+    cost, unsafe, arr = costs.cost.double().tolist(), costs.unsafe.tolist(), _to_uint8(images)
+    out = {}
+    for a, j in enumerate(chosen):
+        sl = slice(a * n, (a + 1) * n)
+        out[j] = RewriteSamples(arr[sl], cost[sl], rewards[sl], unsafe[sl], seeds[sl])
+    return out
+
+
 def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: int, cfg: BuildConfig
                 ) -> tuple[list[dict], dict[str, int]]:
     """Pairs (schema rows) for ``prompts`` (global indices from ``first_index``) and skip counts."""
@@ -195,32 +222,12 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
     winner_max = min(float(scorer.threshold), cfg.winner_max_cost)
     confident = (~unsafe) & (cost <= winner_max)
     need = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and not confident[j].any()]
-    n_rw = cfg.rewrite_candidates
-    rw = {}
-    if need and n_rw > 0:
-        rw_texts = [prompts[j].safe_text for j in need for _ in range(n_rw)]
-        rw_seeds = [_seed(cfg.seed, first_index + j, 1000 + k) for j in need for k in range(n_rw)]
-        rw_images = _generate(model, rw_texts, rw_seeds, cfg)
-        rw_costs = scorer.score(rw_images, batch_size=256)
-        rw_rewards = reward.score(rw_images, [prompts[j] for j in need for _ in range(n_rw)])
-        for a, j in enumerate(need):
-            sl = slice(a * n_rw, (a + 1) * n_rw)
-            rw[j] = (rw_images[sl], rw_costs.cost[sl].double().tolist(), rw_rewards[sl].tolist(),
-                     rw_costs.unsafe[sl].tolist(), rw_seeds[sl])
-
+    rw = _rewrite_samples(model, scorer, reward, prompts, need, "safe_text", cfg.rewrite_candidates, 1000,
+                          first_index, cfg)
     # Erased rewrites of look-alike prompts: losers scored against the original prompt.
-    n_er = cfg.erased_candidates
-    look_alike = [j for j, p in enumerate(prompts) if not p.is_harmful and p.erased_text] if n_er > 0 else []
-    er = {}
-    if look_alike:
-        er_seeds = [_seed(cfg.seed, first_index + j, 2000 + k) for j in look_alike for k in range(n_er)]
-        er_images = _generate(model, [prompts[j].erased_text for j in look_alike for _ in range(n_er)], er_seeds, cfg)
-        er_costs = scorer.score(er_images, batch_size=256).cost.double().tolist()
-        er_rewards = reward.score(er_images, [prompts[j] for j in look_alike for _ in range(n_er)]).tolist()
-        er_arr = _to_uint8(er_images)
-        for a, j in enumerate(look_alike):
-            sl = slice(a * n_er, (a + 1) * n_er)
-            er[j] = (er_arr[sl], er_costs[sl], er_rewards[sl], er_seeds[sl])
+    look_alike = [j for j, p in enumerate(prompts) if not p.is_harmful and p.erased_text]
+    er = _rewrite_samples(model, scorer, reward, prompts, look_alike, "erased_text", cfg.erased_candidates, 2000,
+                          first_index, cfg)
 
     arr = _to_uint8(images)
     rows, skipped = [], {}
@@ -228,14 +235,14 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
         r = rw.get(j)
         e = er.get(j)
         choice = choose_pair(p.is_harmful, cost[j].tolist(), rew[j].tolist(), unsafe[j].tolist(),
-                             *(r[1:4] if r else ((), (), ())), winner_max_cost=winner_max,
-                             pairs=cfg.pairs_per_prompt, erased_reward=e[2] if e else ())
+                             *((r.cost, r.reward, r.unsafe) if r else ((), (), ())), winner_max_cost=winner_max,
+                             pairs=cfg.pairs_per_prompt, erased_reward=e.reward if e else ())
         if choice.skip_reason:
             skipped[choice.skip_reason] = skipped.get(choice.skip_reason, 0) + 1
             continue
         if choice.from_rewrite:
-            w_img, w_cost, w_rew, w_seed = _to_uint8(r[0][choice.winner:choice.winner + 1])[0], r[1][choice.winner], \
-                r[2][choice.winner], r[4][choice.winner]
+            w = choice.winner
+            w_img, w_cost, w_rew, w_seed = r.images[w], r.cost[w], r.reward[w], r.seeds[w]
         else:
             gw = j * n_cand + choice.winner
             w_img, w_seed = arr[gw], seeds[gw]
@@ -247,7 +254,7 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
                 l_img, l_cost, l_rew, l_seed, suffix = arr[gl], cost[j, loser], rew[j, loser], seeds[gl], ""
             else:  # an erased-rewrite sample
                 q = loser - n_cand
-                l_img, l_cost, l_rew, l_seed, suffix = e[0][q], e[1][q], e[2][q], e[3][q], "-erased"
+                l_img, l_cost, l_rew, l_seed, suffix = e.images[q], e.cost[q], e.reward[q], e.seeds[q], "-erased"
             rows.append({
                 "pair_id": f"{cfg.source}-{first_index + j:06d}" + (f"-{k}" if k else "") + suffix, "prompt": p.text,
                 "is_harmful": p.is_harmful, "category": p.category if p.is_harmful else None, "kind": p.kind,
