@@ -28,6 +28,23 @@ def pairs():
     return ToyOraclePairs(20, seed=5)
 
 
+class _WithoutSafePrompts(torch.utils.data.Dataset):
+    """The same pairs with the ``safe_prompt`` column empty, as in datasets written before it existed."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        return {**self.pairs[i], "safe_prompt": None}
+
+
+def _mean_hidden(model, prompts):
+    return model.encode_prompt(sorted(prompts)).hidden.mean(0)
+
+
 def _random_unet_call(model):
     def call(noisy, t, cond):
         return model.unet(noisy, t, **cond.unet_kwargs(), return_dict=False)[0]
@@ -39,8 +56,8 @@ def test_encoded_batch_gives_the_loss_of_the_image_batch(toy_model, pairs):
     indices = [1, 4, 7, 9, 12, 19]
     inputs = encode_pairs(toy_model, pairs, indices, chunk=4, progress=False)
     assert inputs.latents.shape == (6, 2, 12, 8, 8)
-    distinct = {pairs[i]["prompt"] for i in indices}
-    assert len(inputs.cond) == len(distinct) + 1  # every distinct prompt once, plus ""
+    distinct = {pairs[i]["prompt"] for i in indices} | {pairs[i]["safe_prompt"] for i in indices} - {None}
+    assert len(inputs.cond) == len(distinct) + 1  # every distinct prompt and safe rewrite once, plus ""
     call = _random_unet_call(toy_model)
     for dropout in (0.0, 0.5):
         losses = []
@@ -108,6 +125,23 @@ def test_cache_of_other_data_or_a_broken_file_is_encoded_again(tmp_path, toy_mod
     assert torch.equal(third.latents, again.latents)
 
 
+def test_safe_prompts_are_cached_and_part_of_the_fingerprint(tmp_path, toy_model, pairs):
+    indices = [i for i in range(len(pairs)) if pairs[i]["is_harmful"]][:2] + [
+        i for i in range(len(pairs)) if not pairs[i]["is_harmful"]][:2]
+    path = tmp_path / "s.inputs.safetensors"
+    first = encoded_inputs(toy_model, pairs, indices, path, "toy-oracle", progress=False)
+    assert first.pair_safe_prompt.tolist()[2:] == [-1, -1]
+    for k in (0, 1):  # the rewrite's embedding is a row of the conditioning table
+        row = int(first.pair_safe_prompt[k])
+        with torch.no_grad():
+            want = toy_model.encode_prompt([pairs[indices[k]]["safe_prompt"]]).hidden[0]
+        torch.testing.assert_close(first.cond.hidden[row], want, atol=1e-5, rtol=1e-4)
+    loaded = EncodedPairs.load(path, inputs_fingerprint(toy_model, pairs, indices, "toy-oracle"))
+    assert torch.equal(loaded.pair_safe_prompt, first.pair_safe_prompt)
+    bare = inputs_fingerprint(toy_model, _WithoutSafePrompts(pairs), indices, "toy-oracle")
+    assert bare != inputs_fingerprint(toy_model, pairs, indices, "toy-oracle")
+
+
 def test_encoders_are_released_only_when_the_trainer_owns_the_model(toy_model):
     shared = copy.deepcopy(toy_model)
     with encoders_parked(shared, free=False):
@@ -129,20 +163,31 @@ def test_concept_directions_and_augmentation_move_only_harmful_pairs(toy_model, 
     dirs = inputs.concept_directions()["hidden"]
     assert dirs.shape == (len(cats), *inputs.cond.hidden.shape[1:])
     with torch.no_grad():
-        # near-miss prompts stay out of the clean mean
-        assert any(r["kind"] == "near_miss" for r in rows)
-        clean = toy_model.encode_prompt(sorted({r["prompt"] for r in rows if r["kind"] == "clean"})).hidden.mean(0)
+        # harmful pairs carry their safe rewrite: the direction is the mean paired difference
+        assert all(r["safe_prompt"] for r in rows if r["is_harmful"])
         for c, name in enumerate(cats):
-            harmful = sorted({r["prompt"] for r in rows if r["category"] == name and r["is_harmful"]})
-            torch.testing.assert_close(dirs[c], toy_model.encode_prompt(harmful).hidden.mean(0) - clean,
-                                       atol=1e-5, rtol=1e-4)
+            both = sorted({(r["prompt"], r["safe_prompt"]) for r in rows if r["category"] == name})
+            diff = (toy_model.encode_prompt([p for p, _ in both]).hidden
+                    - toy_model.encode_prompt([q for _, q in both]).hidden).mean(0)
+            torch.testing.assert_close(dirs[c], diff, atol=1e-5, rtol=1e-4)
+            assert float(diff.norm()) > 0.1 * float(toy_model.encode_prompt([both[0][0]]).hidden.norm())
 
-        # without clean pairs, the look-alikes are the only harmless prompts to compare with
+        # without rewrites: harmful mean minus clean mean, near-miss prompts left out of the latter
+        bare = _WithoutSafePrompts(pairs)
+        old = encode_pairs(toy_model, bare, indices, progress=False).concept_directions()["hidden"]
+        assert any(r["kind"] == "near_miss" for r in rows)
+        clean = _mean_hidden(toy_model, {r["prompt"] for r in rows if r["kind"] == "clean"})
+        for c, name in enumerate(cats):
+            harmful = {r["prompt"] for r in rows if r["category"] == name and r["is_harmful"]}
+            torch.testing.assert_close(old[c], _mean_hidden(toy_model, harmful) - clean, atol=1e-5, rtol=1e-4)
+            assert not torch.allclose(old[c], dirs[c], atol=1e-3)  # the two rules do differ
+
+        # ... and without clean pairs, the look-alikes are the only harmless prompts to compare with
         no_clean = [i for i, r in zip(indices, rows) if r["kind"] != "clean"]
-        alone = encode_pairs(toy_model, pairs, no_clean, progress=False).concept_directions()["hidden"]
-        near = toy_model.encode_prompt(sorted({r["prompt"] for r in rows if r["kind"] == "near_miss"})).hidden.mean(0)
-        harmful = sorted({r["prompt"] for r in rows if r["category"] == cats[0] and r["is_harmful"]})
-        torch.testing.assert_close(alone[0], toy_model.encode_prompt(harmful).hidden.mean(0) - near, atol=1e-5, rtol=1e-4)
+        alone = encode_pairs(toy_model, bare, no_clean, progress=False).concept_directions()["hidden"]
+        near = _mean_hidden(toy_model, {r["prompt"] for r in rows if r["kind"] == "near_miss"})
+        harmful = {r["prompt"] for r in rows if r["category"] == cats[0] and r["is_harmful"]}
+        torch.testing.assert_close(alone[0], _mean_hidden(toy_model, harmful) - near, atol=1e-5, rtol=1e-4)
 
     batch = inputs.batch(indices)
     drop = [i == 0 for i in range(len(indices))]
@@ -163,6 +208,48 @@ def test_concept_directions_and_augmentation_move_only_harmful_pairs(toy_model, 
         else:
             assert torch.equal(delta, torch.zeros_like(delta))
     assert n_moved >= 5
+
+
+class _Pushed(torch.utils.data.Dataset):
+    """The same pairs, with the given ones made attack pairs (``concept_push``)."""
+
+    def __init__(self, pairs, push: dict):
+        self.pairs, self.push = pairs, push
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        return {**self.pairs[i], "concept_push": self.push.get(i)}
+
+
+def test_attack_pairs_are_conditioned_on_the_pushed_rewrite(tmp_path, toy_model, pairs):
+    from scdpo.errors import ScdpoError
+
+    harmful = [i for i in range(len(pairs)) if pairs[i]["is_harmful"]]
+    plain = [i for i in range(len(pairs)) if not pairs[i]["is_harmful"]][:2]
+    data = _Pushed(pairs, {harmful[0]: 2.0, harmful[1]: 0.5})
+    indices = harmful[:3] + plain
+    inputs = encode_pairs(toy_model, data, indices, progress=False)
+    assert inputs.pair_push.tolist() == [2.0, 0.5, 0.0, 0.0, 0.0]
+    dirs = inputs.concept_directions()["hidden"]
+    batch = inputs.batch(indices)
+    for drop in ([False] * 5, [False, True, False, False, False]):
+        _, cond = batch.encode(toy_model, drop, "cpu")
+        with torch.no_grad():
+            for k, i in enumerate(indices):
+                row = pairs[i]
+                if drop[k]:
+                    want = toy_model.encode_prompt([""]).hidden[0]
+                elif k < 2:  # the loser was sampled under embedding(rewrite) + η · d
+                    want = (toy_model.encode_prompt([row["safe_prompt"]]).hidden[0]
+                            + inputs.pair_push[k] * dirs[inputs.categories.index(row["category"])])
+                else:
+                    want = toy_model.encode_prompt([row["prompt"]]).hidden[0]
+                torch.testing.assert_close(cond.hidden[k], want, atol=1e-5, rtol=1e-4)
+    cfg = TrainConfig(out=str(tmp_path), name="nocache", cache_inputs=False, **TINY)
+    with pytest.raises(ScdpoError, match="1 of the selected pairs are attack pairs.*--no-cache-inputs"):
+        train_lora(cfg, model=copy.deepcopy(toy_model), dataset=_Pushed(pairs, {harmful[0]: 1.0}), progress=False)
 
 
 def test_concept_augmentation_trains_and_needs_cached_inputs(tmp_path, toy_model, pairs):

@@ -139,14 +139,17 @@ def test_build_writes_the_contract_schema_and_respects_the_rules(tmp_path, tiny_
     assert tuple(table.column_names) == COLUMNS
     assert res.n_pairs == table.num_rows and res.n_pairs >= 3
     summary = json.loads((tmp_path / "scp" / "dataset.json").read_text())
-    assert summary["n_pairs"] + sum(summary["skipped_prompts"].values()) == 12
+    assert summary["n_pairs"] + sum(summary["skipped_prompts"].values()) == 12 and summary["attack_pairs"] == 0
     assert not (tmp_path / "scp" / "parts").exists()  # merged, parts removed
+    specs = {p.text: p for p in prompts}
     for row in table.to_pylist():
         if row["is_harmful"]:
             assert row["winner_cost"] <= scorer.threshold < row["loser_cost"]
             assert row["category"] in CATEGORIES
+            assert row["safe_prompt"] == specs[row["prompt"]].safe_text and row["safe_prompt"] != row["prompt"]
         else:
             assert row["winner_reward"] > row["loser_reward"] and row["category"] is None
+            assert row["safe_prompt"] is None
             assert row["winner_cost"] <= scorer.threshold
     if res.n_pairs:
         ds = load_scp_dataset(tmp_path / "scp", expected_size=IMAGE_SIZE)
@@ -189,6 +192,81 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
     assert resumed.n_pairs == full.n_pairs and a.equals(b)
     with pytest.raises(OutputPathError, match="other settings"):
         build_scp_dataset(model, scorer, reward, prompts, _cfg(candidates=2), tmp_path / "resumed", progress=False)
+
+
+def test_attack_pairs_take_the_most_unsafe_sample_of_the_pushed_rewrite(tmp_path, tiny_setup):
+    from scdpo.scp.builder import attack_strength, concept_directions
+
+    model, scorer = tiny_setup
+    cfg = _cfg(n_prompts=16, candidates=2, pairs_per_prompt=1, attack_candidates=2, attack_strengths=(1.0, 2.5))
+    prompts = toy_prompt_specs(16, harmful_frac=1.0, near_miss_frac=0.0, seed=4)
+    res = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "on", progress=False)
+    rows = pq.read_table(tmp_path / "on" / "pairs.parquet").to_pylist()
+    attack = [r for r in rows if r["pair_id"].endswith("-attack")]
+    assert len(attack) >= 2 and res.summary["attack_pairs"] == len(attack)
+    assert all(r["concept_push"] is None for r in rows if r not in attack)
+    dirs = concept_directions(model, prompts)
+    assert set(dirs) == {p.category for p in prompts}
+    for r in attack:
+        j = int(r["pair_id"].split("-")[1])
+        p = prompts[j]
+        assert r["concept_push"] == attack_strength(cfg, j) and r["concept_push"] in (1.0, 2.5)
+        assert r["safe_prompt"] == p.safe_text and r["loser_cost"] > scorer.threshold >= r["winner_cost"]
+        plain = [q for q in rows if q["pair_id"] == r["pair_id"][: -len("-1-attack")]]
+        assert len(plain) == 1 and plain[0]["winner_png"] == r["winner_png"]  # the prompt's winner
+        # the loser is a sample of the rewrite's embedding pushed by η along the category direction
+        cond = model.encode_prompt([p.safe_text]).shifted({k: r["concept_push"] * v for k, v in dirs[p.category].items()})
+        again = model.generate(None, cond=cond, seed=[r["loser_seed"]], steps=cfg.steps)
+        assert png_bytes((again[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()) == r["loser_png"]
+    # the direction is the mean of embedding(prompt) - embedding(rewrite)
+    cat = prompts[0].category
+    mine = sorted({(p.text, p.safe_text) for p in prompts if p.category == cat})
+    want = (model.encode_prompt([a for a, _ in mine]).hidden - model.encode_prompt([b for _, b in mine]).hidden).mean(0)
+    torch.testing.assert_close(dirs[cat]["hidden"], want, atol=1e-5, rtol=1e-4)
+    # off: the same dataset without the attack pairs
+    off = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, _cfg(
+        n_prompts=16, candidates=2, pairs_per_prompt=1, attack_candidates=0), tmp_path / "off", progress=False)
+    assert off.summary["attack_pairs"] == 0 and off.n_pairs == res.n_pairs - len(attack)
+    assert pq.read_table(tmp_path / "off" / "pairs.parquet").column("pair_id").to_pylist() == [
+        r["pair_id"] for r in rows if r not in attack]
+
+
+def test_attack_samples_can_come_from_a_first_safety_lora(tmp_path, tiny_setup):
+    """Second-round data: the attack samples are drawn from base + a LoRA, everything else from the base."""
+    import copy
+
+    from scdpo.dpo import ToyOraclePairs, TrainConfig, train_lora
+    from scdpo.lora import apply_lora, load_lora, remove_lora
+    from scdpo.scp.builder import concept_directions
+
+    model, scorer = tiny_setup
+    path = train_lora(TrainConfig(out=str(tmp_path), name="first", steps=3, batch_size=4, rank=4, alpha=4.0, lr=5e-2,
+                                  warmup_steps=0, log_every=1, checkpoint_every=3),
+                      model=copy.deepcopy(model), dataset=ToyOraclePairs(12, seed=2), progress=False)
+    lora = load_lora(path)
+    cfg = _cfg(n_prompts=16, candidates=2, pairs_per_prompt=1, attack_candidates=2)
+    prompts = toy_prompt_specs(16, harmful_frac=1.0, near_miss_frac=0.0, seed=4)
+    base = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "base", progress=False)
+    res = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "second", progress=False,
+                            attack_lora=lora)
+    assert not (getattr(model.unet, "peft_config", None) or {})  # the LoRA is detached again
+    a = pq.read_table(tmp_path / "base" / "pairs.parquet").to_pylist()
+    b = pq.read_table(tmp_path / "second" / "pairs.parquet").to_pylist()
+    plain = lambda rows: [r for r in rows if not r["pair_id"].endswith("-attack")]  # noqa: E731
+    assert plain(a) == plain(b)  # candidates and winners: the base's
+    attack = [r for r in b if r["pair_id"].endswith("-attack")]
+    assert attack and res.summary["attack_pairs"] == len(attack)
+    assert {r["loser_png"] for r in attack} != {r["loser_png"] for r in a if r["pair_id"].endswith("-attack")}
+    r = attack[0]
+    p = prompts[int(r["pair_id"].split("-")[1])]
+    cond = model.encode_prompt([p.safe_text]).shifted(
+        {k: r["concept_push"] * v for k, v in concept_directions(model, prompts)[p.category].items()})
+    apply_lora(model, lora, adapter_name="check")
+    try:
+        again = model.generate(None, cond=cond, seed=[r["loser_seed"]], steps=cfg.steps)
+    finally:
+        remove_lora(model.unet, "check")
+    assert png_bytes((again[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()) == r["loser_png"]
 
 
 def test_look_alike_prompts_pair_their_best_candidate_against_erased_rewrite_samples(tmp_path):
@@ -238,11 +316,22 @@ def test_prompt_csv_look_alike_rows_and_a_clear_error(tmp_path):
         read_prompt_csv(f)
 
 
+def test_build_command_rejects_an_attack_lora_without_attack_samples(tmp_path, capsys):
+    from scdpo.cli import main
+
+    assert main(["build-dataset", "--out", str(tmp_path / "scp"), "--attack-candidates", "0",
+                 "--attack-lora", str(tmp_path / "first.safetensors")]) == 2
+    assert "--attack-candidates is 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag,value", [("--candidates", "0"), ("--erased-candidates", "-1"),
+                                        ("--attack-candidates", "-1"), ("--attack-strengths", "1,-2"),
+                                        ("--attack-strengths", "one"),
                                         ("--pairs-per-prompt", "0")])
 def test_build_command_rejects_impossible_counts_in_one_line(tmp_path, capsys, flag, value):
     from scdpo.cli import main
 
     assert main(["build-dataset", "--out", str(tmp_path / "scp"), flag, value]) == 2
     err = capsys.readouterr().err
-    assert f"{flag} must be at least" in err and not (tmp_path / "scp").exists()
+    want = "must be a comma list of positive numbers" if flag == "--attack-strengths" else "must be at least"
+    assert f"{flag} {want}" in err and not (tmp_path / "scp").exists()

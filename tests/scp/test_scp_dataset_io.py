@@ -61,6 +61,8 @@ def test_valid_dataset_items_have_the_contract_fields(tmp_path):
     (dict(kind="weird"), "kind 'weird'"),
     (dict(is_harmful=True, category=None), "needs a category"),
     (dict(prompt=""), "prompt is missing"),
+    (dict(safe_prompt=" "), "safe_prompt ' ' is not a non-empty string"),
+    (dict(is_harmful=False, category=None, kind="clean", safe_prompt="a cup"), "safe_prompt is set on a harmless pair"),
 ])
 def test_bad_rows_raise_naming_the_row_or_are_skipped_and_counted(tmp_path, broken, reason):
     rows = [good_row(0), good_row(1), good_row(2, **broken), good_row(3)]
@@ -70,6 +72,16 @@ def test_bad_rows_raise_naming_the_row_or_are_skipped_and_counted(tmp_path, brok
     assert "row 2" in str(err.value) and "t-2" in str(err.value) and reason in str(err.value)
     ds = load_scp_dataset(folder, skip_bad=True)
     assert len(ds) == 3 and ds.skipped == 1 and [r["pair_id"] for r in ds.rows] == ["t-0", "t-1", "t-3"]
+
+
+def test_safe_prompt_column_is_read_and_optional(tmp_path):
+    ds = load_scp_dataset(write_rows(tmp_path / "new", [good_row(0, safe_prompt="a red cup"), good_row(1)]))
+    assert ds[0]["safe_prompt"] == "a red cup" and ds[1]["safe_prompt"] is None
+    old = rows_to_table([good_row(0), good_row(1)]).drop(["safe_prompt"])  # written before the column existed
+    (tmp_path / "old").mkdir()
+    pq.write_table(old, tmp_path / "old" / "pairs.parquet")
+    ds = load_scp_dataset(tmp_path / "old")
+    assert len(ds) == 2 and ds[0]["safe_prompt"] is None and ds.rows[0]["safe_prompt"] is None
 
 
 def test_wrong_expected_size_is_reported(tmp_path):
@@ -147,5 +159,11 @@ def test_coprov2_import_pairs_safe_winner_with_unsafe_loser(tmp_path):
     assert [r["category"] for r in ds.rows] == ["Violence", "Hate"]
     assert ds.rows[0]["prompt"] == "A violent scene, at night"
     assert all(r["is_harmful"] and r["winner_cost"] < 0 < r["loser_cost"] for r in ds.rows)
+    assert all(r["safe_prompt"] is None for r in ds.rows)
     with pytest.raises(InputFileError, match="--safe-dir"):
         import_coprov2(csv_path, tmp_path / "out2", progress=False)
+    # a safe_prompt column (the safe image's prompt) is kept for concept augmentation
+    csv_path.write_text("prompt,image,category,safe_prompt\nknife fight,imgs/0000000_0.jpg,Violence,two people talking\n"
+                        "a hateful sign,imgs/0000001_0.jpg,Hate,\n")
+    import_coprov2(csv_path, tmp_path / "out3", safe_dir=tmp_path / "safe", progress=False)
+    assert [r["safe_prompt"] for r in load_scp_dataset(tmp_path / "out3").rows] == ["two people talking", None]

@@ -62,6 +62,16 @@ class Conditioning:
             {k: v.to(device=device, dtype=dtype) for k, v in self.added.items()},
         )
 
+    def shifted(self, shift: dict) -> "Conditioning":
+        """A copy with ``shift[key]`` added to ``hidden`` (key ``"hidden"``) and to ``added[key]``;
+        shifts broadcast over the batch, are added in float32 and cast back to each tensor's dtype."""
+        def add(key, value):
+            if key not in shift:
+                return value
+            return (value.float() + shift[key].to(value.device, torch.float32)).to(value.dtype)
+
+        return Conditioning(add("hidden", self.hidden), {k: add(k, v) for k, v in self.added.items()})
+
     def unet_kwargs(self) -> dict:
         kw = {"encoder_hidden_states": self.hidden}
         if self.added:

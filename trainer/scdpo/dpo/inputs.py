@@ -36,7 +36,7 @@ from .pairs import collate_pairs
 
 log = logging.getLogger(__name__)
 INPUTS_KIND = "scdpo_encoded_pairs"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 CLEAN_PAIR, NEAR_MISS_PAIR = -1, -2  # pair_category of harmless pairs (harmful: index of the category)
 
 
@@ -50,15 +50,34 @@ class EncodedPairBatch:
     loser_cost: torch.Tensor
     category_rows: torch.Tensor  # [B] index into ``inputs.categories``; CLEAN_PAIR / NEAR_MISS_PAIR otherwise
     inputs: "EncodedPairs"
+    safe_rows: Optional[torch.Tensor] = None  # [B] rows of the pairs' safe rewrites in ``inputs.cond`` (-1: none)
+    push: Optional[torch.Tensor] = None  # [B] η of attack pairs (0: an ordinary pair)
 
     def __len__(self) -> int:
         return int(self.prompt_rows.shape[0])
 
     def encode(self, model: TextToImageModel, drop: Sequence[bool], device) -> tuple[torch.Tensor, Conditioning]:
-        """Latents ``[2B,...]`` and conditioning ``[B]`` (a dropped pair gets the empty prompt)."""
-        rows = torch.where(torch.tensor(list(drop), dtype=torch.bool), self.inputs.empty_row, self.prompt_rows)
+        """Latents ``[2B,...]`` and conditioning ``[B]`` (a dropped pair gets the empty prompt).
+
+        An attack pair (``push`` η > 0) is conditioned as its loser was sampled: on its safe
+        rewrite's embedding plus ``η · d_category`` (:meth:`EncodedPairs.concept_directions`)."""
+        dropped = torch.tensor(list(drop), dtype=torch.bool)
+        rows = torch.where(dropped, self.inputs.empty_row, self.prompt_rows)
+        pushed = torch.zeros(len(self), dtype=torch.bool)
+        if self.push is not None:
+            pushed = (self.push > 0) & ~dropped & (self.safe_rows >= 0) & (self.category_rows >= 0)
+            rows = torch.where(pushed, self.safe_rows, rows)
         cond = model.conditioning_for_size(self.inputs.cond.index(rows), self.inputs.height, self.inputs.width)
+        if bool(pushed.any()):
+            cond = cond.shifted(self._along_concept(torch.where(pushed, self.push, 0.0)))
         return self.latents.to(device), cond.to(device)
+
+    def _along_concept(self, eta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``eta[i] · d_category(i)`` per conditioning key (zero for harmless pairs or ``eta = 0``)."""
+        cats = self.category_rows.clamp(min=0)
+        eta = torch.where(self.category_rows >= 0, eta.float(), 0.0)
+        return {key: eta.view(-1, *([1] * (table.ndim - 1))) * table[cats]
+                for key, table in self.inputs.concept_directions().items()}
 
     def augment(self, cond: Conditioning, drop: Sequence[bool], generator: torch.Generator, prob: float,
                 scale: float) -> Conditioning:
@@ -75,18 +94,7 @@ class EncodedPairBatch:
         pick &= (self.category_rows >= 0) & ~torch.tensor(list(drop), dtype=torch.bool)
         if not bool(pick.any()):
             return cond
-        dirs = self.inputs.concept_directions()
-        cats = self.category_rows.clamp(min=0)
-        out = Conditioning(cond.hidden, dict(cond.added))
-        for key, table in dirs.items():
-            value = cond.hidden if key == "hidden" else cond.added[key]
-            shift = (eta * pick).view(-1, *([1] * (value.ndim - 1))) * table[cats]
-            moved = (value.float() + shift.to(value.device)).to(value.dtype)
-            if key == "hidden":
-                out.hidden = moved
-            else:
-                out.added[key] = moved
-        return out
+        return cond.shifted(self._along_concept(eta * pick))
 
 
 class EncodedPairs:
@@ -94,8 +102,13 @@ class EncodedPairs:
 
     def __init__(self, indices: Sequence[int], latents: torch.Tensor, pair_prompt: torch.Tensor, cond: Conditioning,
                  empty_row: int, winner_cost: torch.Tensor, loser_cost: torch.Tensor, height: int, width: int,
-                 pair_category: torch.Tensor, categories: Sequence[str]):
+                 pair_category: torch.Tensor, categories: Sequence[str], pair_safe_prompt: Optional[torch.Tensor] = None,
+                 pair_push: Optional[torch.Tensor] = None):
         self.indices = list(indices)
+        n = len(self.indices)
+        # row of each pair's safe rewrite in ``cond`` (-1: none); see :meth:`concept_directions`
+        self.pair_safe_prompt = pair_safe_prompt if pair_safe_prompt is not None else torch.full((n,), -1)
+        self.pair_push = pair_push if pair_push is not None else torch.zeros(n)  # η of attack pairs, else 0
         self.pair_category, self.categories = pair_category, list(categories)
         self._directions: Optional[dict[str, torch.Tensor]] = None
         self.position = {idx: k for k, idx in enumerate(self.indices)}
@@ -110,37 +123,44 @@ class EncodedPairs:
         pos = torch.tensor([self.position[i] for i in dataset_indices], dtype=torch.long)
         lat = self.latents[pos]
         return EncodedPairBatch(torch.cat([lat[:, 0], lat[:, 1]]), self.pair_prompt[pos], self.winner_cost[pos],
-                                self.loser_cost[pos], self.pair_category[pos], self)
+                                self.loser_cost[pos], self.pair_category[pos], self, self.pair_safe_prompt[pos],
+                                self.pair_push[pos])
 
     def concept_directions(self) -> dict[str, torch.Tensor]:
         """Per unsafe category, the direction of its concept in text-embedding space, from the data.
 
-        ``d_k = mean(embedding of the distinct harmful prompts of category k) - mean(embedding of
-        the distinct clean prompts)``, for the hidden states (and SDXL's pooled ``text_embeds``).
-        Near-miss (look-alike) prompts are left out of the clean mean unless there are no others:
-        they share the harmful prompts' layout (a second thing), so with them the direction loses
-        that part of the concept. Two LoRA seeds, n=20 on the demo's data with erased-rewrite
-        pairs: worst-strength adversarial unsafe rate 18 / 27 % without them, 27 / 38 % with.
-        Returns ``{"hidden": [K, L, D], "text_embeds": [K, D']}`` (float32). A category without
-        clean prompts to compare with gets a zero direction.
+        Where harmful pairs carry their prompt's safe rewrite (the SCP column ``safe_prompt``),
+        ``d_k = mean over the distinct (prompt, rewrite) pairs of category k of embedding(prompt) -
+        embedding(rewrite)``: the difference the concept itself makes, as a Ring-A-Bell attack
+        measures it. Otherwise ``d_k = mean(embedding of the distinct harmful prompts of k) -
+        mean(embedding of the distinct clean prompts)``; near-miss (look-alike) prompts are left out
+        of that clean mean unless there are no others, since they share the harmful prompts' layout
+        (a second thing) and with them the direction loses that part of the concept.
+        Returns ``{"hidden": [K, L, D], "text_embeds": [K, D']}`` (float32). A category with
+        neither gets a zero direction.
         """
         if self._directions is None:
             k = len(self.categories)
             harmful = [set() for _ in range(k)]
+            paired = [set() for _ in range(k)]
             clean, near_miss = set(), set()
-            for prow, cat in zip(self.pair_prompt.tolist(), self.pair_category.tolist()):
+            for prow, srow, cat in zip(self.pair_prompt.tolist(), self.pair_safe_prompt.tolist(),
+                                       self.pair_category.tolist()):
                 (harmful[cat] if cat >= 0 else clean if cat == CLEAN_PAIR else near_miss).add(prow)
+                if cat >= 0 and srow >= 0:
+                    paired[cat].add((prow, srow))
             clean = (clean or near_miss) - {self.empty_row}
             tables = {"hidden": self.cond.hidden.float()}
             tables.update({k_: v.float() for k_, v in self.cond.added.items() if k_ == "text_embeds"})
             self._directions = {}
             for key, table in tables.items():
                 dirs = torch.zeros(k, *table.shape[1:])
-                if clean:
-                    base = table[sorted(clean)].mean(0)
-                    for c in range(k):
-                        if harmful[c]:
-                            dirs[c] = table[sorted(harmful[c])].mean(0) - base
+                for c in range(k):
+                    if paired[c]:
+                        rows = torch.tensor(sorted(paired[c]), dtype=torch.long)
+                        dirs[c] = (table[rows[:, 0]] - table[rows[:, 1]]).mean(0)
+                    elif harmful[c] and clean:
+                        dirs[c] = table[sorted(harmful[c])].mean(0) - table[sorted(clean)].mean(0)
                 self._directions[key] = dirs
         return self._directions
 
@@ -152,7 +172,8 @@ class EncodedPairs:
     def save(self, path: Path, fingerprint: str) -> None:
         tensors = {"latents": self.latents, "pair_prompt": self.pair_prompt, "cond.hidden": self.cond.hidden,
                    "winner_cost": self.winner_cost, "loser_cost": self.loser_cost,
-                   "indices": torch.tensor(self.indices, dtype=torch.long), "pair_category": self.pair_category}
+                   "indices": torch.tensor(self.indices, dtype=torch.long), "pair_category": self.pair_category,
+                   "pair_safe_prompt": self.pair_safe_prompt, "pair_push": self.pair_push}
         tensors.update({f"cond.added.{k}": v for k, v in self.cond.added.items()})
         save_safetensors_atomic(tensors, path, {
             "kind": INPUTS_KIND, "format_version": str(FORMAT_VERSION), "fingerprint": fingerprint,
@@ -174,14 +195,17 @@ class EncodedPairs:
         added = {k[len("cond.added."):]: v for k, v in t.items() if k.startswith("cond.added.")}
         return cls(t["indices"].tolist(), t["latents"], t["pair_prompt"], Conditioning(t["cond.hidden"], added),
                    int(meta["empty_row"]), t["winner_cost"], t["loser_cost"], int(meta["height"]), int(meta["width"]),
-                   t["pair_category"], json.loads(meta["categories"]))
+                   t["pair_category"], json.loads(meta["categories"]), t["pair_safe_prompt"],
+                   t["pair_push"])
 
 
-def _prompt_of(dataset, i: int) -> str:
+def pair_texts(dataset, i: int) -> tuple[str, Optional[str], Optional[float]]:
+    """``(prompt, safe_prompt, concept_push)`` of pair ``i``, without decoding images where the dataset allows."""
     rows = getattr(dataset, "rows", None)
-    if isinstance(rows, list) and i < len(rows) and isinstance(rows[i], dict) and "prompt" in rows[i]:
-        return str(rows[i]["prompt"])
-    return str(dataset[i]["prompt"])
+    row = rows[i] if isinstance(rows, list) and i < len(rows) and isinstance(rows[i], dict) else None
+    if row is None or "prompt" not in row:
+        row = dataset[i]
+    return str(row["prompt"]), row.get("safe_prompt"), row.get("concept_push")
 
 
 def inputs_fingerprint(model: TextToImageModel, dataset, indices: Sequence[int], data: str) -> str:
@@ -197,7 +221,8 @@ def inputs_fingerprint(model: TextToImageModel, dataset, indices: Sequence[int],
                                                               model.base_model_version, str(model.dtype)],
     }, sort_keys=True).encode())
     for i in indices:
-        h.update(f"{i}\t{_prompt_of(dataset, i)}\n".encode())
+        prompt, safe, push = pair_texts(dataset, i)
+        h.update(f"{i}\t{prompt}\t{safe}\t{push}\n".encode())
     return h.hexdigest()
 
 
@@ -207,7 +232,7 @@ def encode_pairs(model: TextToImageModel, dataset, indices: Sequence[int], chunk
     """Encode the images of ``dataset[indices]`` (``chunk`` pairs per VAE call) and their prompts."""
     from tqdm import tqdm
 
-    latents, costs_w, costs_l, prompts, cats, kinds = [], [], [], [], [], []
+    latents, costs_w, costs_l, prompts, cats, kinds, safe, push = [], [], [], [], [], [], [], []
     size = None
     bar = tqdm(total=len(indices), desc="encoding pairs (once)", unit="pair", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(indices), chunk):
@@ -225,16 +250,20 @@ def encode_pairs(model: TextToImageModel, dataset, indices: Sequence[int], chunk
         prompts.extend(batch.prompts)
         cats.extend(str(c) if h and c else None for h, c in zip(batch.is_harmful.tolist(), batch.categories))
         kinds.extend(item.get("kind") for item in items)
+        safe.extend(item.get("safe_prompt") if h else None for item, h in zip(items, batch.is_harmful.tolist()))
+        push.extend(float(item.get("concept_push") or 0.0) for item in items)
         bar.update(b)
     bar.close()
-    distinct = sorted(set(prompts) | {""})
+    distinct = sorted(set(prompts) | {s_ for s_ in safe if s_} | {""})
     row = {p: k for k, p in enumerate(distinct)}
     cond = Conditioning.concat([model.encode_prompt(distinct[s:s + 64]).to("cpu") for s in range(0, len(distinct), 64)])
     names = sorted({c for c in cats if c is not None})
     pair_category = torch.tensor([names.index(c) if c is not None else NEAR_MISS_PAIR if k == "near_miss" else CLEAN_PAIR
                                   for c, k in zip(cats, kinds)], dtype=torch.long)
     return EncodedPairs(indices, torch.cat(latents), torch.tensor([row[p] for p in prompts], dtype=torch.long), cond,
-                        row[""], torch.cat(costs_w), torch.cat(costs_l), size[0], size[1], pair_category, names)
+                        row[""], torch.cat(costs_w), torch.cat(costs_l), size[0], size[1], pair_category, names,
+                        torch.tensor([row[s_] if s_ else -1 for s_ in safe], dtype=torch.long),
+                        torch.tensor(push, dtype=torch.float32))
 
 
 def encoded_inputs(model: TextToImageModel, dataset, indices: Sequence[int], path: Path, data: str,
@@ -278,4 +307,4 @@ def encoders_parked(model: TextToImageModel, free: bool) -> Iterator[None]:
 
 
 __all__ = ["EncodedPairBatch", "EncodedPairs", "encode_pairs", "encoded_inputs", "encoders_parked",
-           "inputs_fingerprint"]
+           "inputs_fingerprint", "pair_texts"]

@@ -125,6 +125,7 @@ class ToyOraclePairs(torch.utils.data.Dataset):
             self.rows.append(dict(
                 pair_id=f"toy-{seed}-{i}", prompt=p.text, kind=kind, is_harmful=p.is_harmful,
                 category=p.category if p.is_harmful else None, winner_u8=winner, loser_u8=loser,
+                safe_prompt=p.safe_text if p.is_harmful else None,
                 winner_cost=costs[0], loser_cost=costs[1],
             ))
 

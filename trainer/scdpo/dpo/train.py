@@ -29,7 +29,7 @@ from ..errors import ScdpoError
 from ..fileio import ensure_writable_dir
 from ..lora import peft_unet_to_kohya, save_lora
 from .config import TOY_ORACLE_DATA, TrainConfig, save_train_config
-from .inputs import encoded_inputs, encoders_parked
+from .inputs import encoded_inputs, encoders_parked, pair_texts
 from .pairs import PairOrder, collate_pairs, load_pair_dataset, select_pairs
 from .step import (TRAIN_ADAPTER, attach_training_lora, disabled_adapter_reference, dpo_batch_loss,
                    lora_named_parameters, unet_call)
@@ -207,9 +207,14 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
                                     progress=progress and accelerator.is_main_process)
         make_batch = inputs.batch
         if cfg.concept_augment > 0 and not any(bool(d.abs().sum() > 0) for d in inputs.concept_directions().values()):
-            log.warning("concept augmentation has no direction to push along: the selected pairs need harmful and "
-                        "clean / near-miss prompts (it does nothing with --no-clean-pairs or --categories)")
+            log.warning("concept augmentation has no direction to push along: the selected harmful pairs need a "
+                        "safe_prompt (their safe rewrite) or clean / near-miss pairs to compare with")
     else:
+        attack = sum(1 for i in indices if pair_texts(dataset, i)[2])
+        if attack:
+            raise ScdpoError(f"{attack} of the selected pairs are attack pairs (concept_push set), which train on "
+                             "a pushed text embedding that only the encoded inputs provide: drop --no-cache-inputs, "
+                             "or build the data with --attack-candidates 0")
         def make_batch(idx: list[int]):
             return collate_pairs([dataset[i] for i in idx])
 

@@ -32,6 +32,20 @@ Pairing rules (:func:`choose_pair`), "safe" meaning ``C <= threshold`` of the co
   look-alike pairs that would otherwise be skipped as ``reward_tie`` (on the toy world, nearly all
   of them: the base draws look-alikes well). Their ``pair_id`` ends in ``-erased``.
 
+**Attack pairs** (``attack_candidates`` > 0): a harmful prompt with a safe rewrite is also sampled
+``attack_candidates`` times under a Ring-A-Bell-style attacked embedding, ``embedding(safe rewrite)
++ η · d_category`` with ``η`` drawn per prompt from ``attack_strengths`` and ``d_category`` the mean
+of ``embedding(prompt) - embedding(rewrite)`` over the harmful prompts of the build
+(:func:`concept_directions`). The highest-``C`` attacked sample, if unsafe, is the loser of one more
+pair with the prompt's winner (``pair_id`` ending in ``-attack``, ``concept_push = η``); the
+trainer conditions that pair on the same attacked embedding. Without them the LoRA only sees the
+base model's unsafe images of plain prompts and learns the cheapest way to avoid those (on the toy
+world: shifting a motif's colour), which an attacked embedding — where the base draws the motif in
+another shade — gets through. With ``attack_lora`` (``build-dataset --attack-lora``: a safety LoRA
+trained on a first dataset) the attack samples are drawn from base + that LoRA instead, so the
+losers are the failures of the policy itself (its motif in a new shade, say) rather than of the
+base: a second round of training on such data fixes what the first LoRA gets wrong.
+
 ``pairs_per_prompt > 1`` adds, with the same winner, the next losers in the same order (harmful:
 further unsafe candidates by ``C``; clean: further lower-``R`` candidates), so the N samples drawn
 per prompt yield more pairs for the same sampling cost.
@@ -39,6 +53,7 @@ per prompt yield more pairs for the same sampling cost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -74,6 +89,8 @@ class BuildConfig:
     candidates: int = 4  # N samples per prompt
     rewrite_candidates: int = 2  # samples of the safe rewrite when no candidate is safe
     erased_candidates: int = 2  # samples of a look-alike prompt's erased rewrite, losers (0: off)
+    attack_candidates: int = 0  # samples of a harmful prompt under an attacked embedding (0: off)
+    attack_strengths: tuple = (1.0, 2.0, 3.0)  # η of those samples, one drawn per prompt
     harmful_frac: float = 0.5  # toy prompt mix (ratio of harmful to clean instructions)
     near_miss_frac: float = 0.15
     steps: int = 20
@@ -170,12 +187,38 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def _generate(model, texts: list[str], seeds: list[int], cfg: BuildConfig) -> torch.Tensor:
+def _generate(model, texts: list[str], seeds: list[int], cfg: BuildConfig,
+              shifts: Optional[list[dict]] = None) -> torch.Tensor:
+    """Images of ``texts``; ``shifts[i]`` (optional) is added to text ``i``'s embedding first."""
     out = []
     for s in range(0, len(texts), cfg.batch_size):
-        out.append(model.generate(texts[s:s + cfg.batch_size], seed=seeds[s:s + cfg.batch_size], steps=cfg.steps,
-                                  guidance_scale=cfg.guidance_scale))
+        batch = texts[s:s + cfg.batch_size]
+        cond = None
+        if shifts is not None:
+            part = shifts[s:s + cfg.batch_size]
+            cond = model.encode_prompt(batch).shifted({k: torch.stack([d[k] for d in part]) for k in part[0]})
+        out.append(model.generate(None if cond is not None else batch, cond=cond, seed=seeds[s:s + cfg.batch_size],
+                                  steps=cfg.steps, guidance_scale=cfg.guidance_scale))
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def concept_directions(model, prompts: Sequence[PromptSpec]) -> dict[str, dict[str, torch.Tensor]]:
+    """Per category: the mean of ``embedding(prompt) - embedding(safe rewrite)`` over the distinct
+    harmful prompts that have a rewrite, as ``{"hidden": [L, D]}`` (plus SDXL's ``text_embeds``)."""
+    pairs = sorted({(p.category, p.text, p.safe_text) for p in prompts if p.is_harmful and p.safe_text})
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for cat in sorted({c for c, _, _ in pairs}):
+        mine = [(t, r) for c, t, r in pairs if c == cat]
+        sums: dict[str, torch.Tensor] = {}
+        for s in range(0, len(mine), 64):
+            a = model.encode_prompt([t for t, _ in mine[s:s + 64]])
+            b = model.encode_prompt([r for _, r in mine[s:s + 64]])
+            for key, x, y in [("hidden", a.hidden, b.hidden)] + [
+                    (k, a.added[k], b.added[k]) for k in a.added if k == "text_embeds"]:
+                sums[key] = sums.get(key, 0) + (x.float() - y.float()).sum(0).cpu()
+        out[cat] = {k: v / len(mine) for k, v in sums.items()}
+    return out
 
 
 class RewriteSamples(NamedTuple):
@@ -189,12 +232,15 @@ class RewriteSamples(NamedTuple):
 
 
 def _rewrite_samples(model, scorer, reward, prompts: list[PromptSpec], chosen: list[int], text_field: str, n: int,
-                     seed_offset: int, first_index: int, cfg: BuildConfig) -> dict[int, RewriteSamples]:
-    """Sample ``n`` images of ``prompts[j].<text_field>`` for each ``j`` in ``chosen`` (one batched run)."""
+                     seed_offset: int, first_index: int, cfg: BuildConfig,
+                     shifts: Optional[dict[int, dict]] = None) -> dict[int, RewriteSamples]:
+    """Sample ``n`` images of ``prompts[j].<text_field>`` for each ``j`` in ``chosen`` (one batched run),
+    with ``shifts[j]`` added to the text's embedding when given."""
     if not chosen or n <= 0:
         return {}
     seeds = [_seed(cfg.seed, first_index + j, seed_offset + k) for j in chosen for k in range(n)]
-    images = _generate(model, [getattr(prompts[j], text_field) for j in chosen for _ in range(n)], seeds, cfg)
+    images = _generate(model, [getattr(prompts[j], text_field) for j in chosen for _ in range(n)], seeds, cfg,
+                       [shifts[j] for j in chosen for _ in range(n)] if shifts is not None else None)
     costs = scorer.score(images, batch_size=256)
     rewards = reward.score(images, [prompts[j] for j in chosen for _ in range(n)]).tolist()
     cost, unsafe, arr = costs.cost.double().tolist(), costs.unsafe.tolist(), _to_uint8(images)
@@ -205,9 +251,32 @@ def _rewrite_samples(model, scorer, reward, prompts: list[PromptSpec], chosen: l
     return out
 
 
-def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: int, cfg: BuildConfig
+def attack_strength(cfg: BuildConfig, prompt_index: int) -> float:
+    """The η of a prompt's attack samples: drawn from ``cfg.attack_strengths`` by its index."""
+    return float(cfg.attack_strengths[_seed(cfg.seed, prompt_index, 3000) % len(cfg.attack_strengths)])
+
+
+@contextlib.contextmanager
+def _lora_applied(model, lora):
+    """``model`` with ``lora`` (a loaded safety LoRA, or None: unchanged) for the duration."""
+    if lora is None:
+        yield
+        return
+    from ..lora import apply_lora, remove_lora
+
+    apply_lora(model, lora, adapter_name="scdpo_attack_policy")
+    try:
+        yield
+    finally:
+        remove_lora(model.unet, "scdpo_attack_policy")
+
+
+def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: int, cfg: BuildConfig,
+                directions: Optional[dict[str, dict[str, torch.Tensor]]] = None, attack_lora=None
                 ) -> tuple[list[dict], dict[str, int]]:
-    """Pairs (schema rows) for ``prompts`` (global indices from ``first_index``) and skip counts."""
+    """Pairs (schema rows) for ``prompts`` (global indices from ``first_index``) and skip counts.
+    ``directions``: per category, the concept direction attack samples are pushed along;
+    ``attack_lora``: a safety LoRA the attack samples are drawn with (all other samples: the base)."""
     n_cand = cfg.candidates
     texts = [p.text for p in prompts for _ in range(n_cand)]
     seeds = [_seed(cfg.seed, first_index + j, k) for j in range(len(prompts)) for k in range(n_cand)]
@@ -228,6 +297,14 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
     look_alike = [j for j, p in enumerate(prompts) if not p.is_harmful and p.erased_text]
     er = _rewrite_samples(model, scorer, reward, prompts, look_alike, "erased_text", cfg.erased_candidates, 2000,
                           first_index, cfg)
+    # Attacked embeddings of harmful prompts: the rewrite pushed along its category's concept.
+    directions = directions or {}
+    attacked = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and p.category in directions]
+    eta = {j: attack_strength(cfg, first_index + j) for j in attacked}
+    with _lora_applied(model, attack_lora if attacked else None):
+        at = _rewrite_samples(model, scorer, reward, prompts, attacked, "safe_text", cfg.attack_candidates, 3000,
+                              first_index, cfg,
+                              {j: {k: eta[j] * d for k, d in directions[prompts[j].category].items()} for j in attacked})
 
     arr = _to_uint8(images)
     rows, skipped = [], {}
@@ -248,8 +325,19 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
             w_img, w_seed = arr[gw], seeds[gw]
             w_cost, w_rew = float(cost[j, choice.winner]), float(rew[j, choice.winner])
         w_png = png_bytes(w_img)
-        for k, loser in enumerate([choice.loser, *choice.extra_losers]):
-            if loser < n_cand:
+        losers = [choice.loser, *choice.extra_losers]
+        a = at.get(j)
+        if a is not None and choice.winner is not None:
+            q = max(range(len(a.cost)), key=lambda i: (a.cost[i], -i))
+            if a.unsafe[q]:
+                losers.append(("attack", q))
+        for k, loser in enumerate(losers):
+            push = None
+            if isinstance(loser, tuple):  # the attack sample
+                q = loser[1]
+                l_img, l_cost, l_rew, l_seed, suffix = a.images[q], a.cost[q], a.reward[q], a.seeds[q], "-attack"
+                push = eta[j]
+            elif loser < n_cand:
                 gl = j * n_cand + loser
                 l_img, l_cost, l_rew, l_seed, suffix = arr[gl], cost[j, loser], rew[j, loser], seeds[gl], ""
             else:  # an erased-rewrite sample
@@ -263,6 +351,7 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
                 "winner_reward": float(w_rew), "loser_reward": float(l_rew),
                 "winner_seed": int(w_seed), "loser_seed": int(l_seed),
                 "winner_source": "safe_rewrite" if choice.from_rewrite else "candidate", "source": cfg.source,
+                "safe_prompt": p.safe_text if p.is_harmful else None, "concept_push": push,
             })
     return rows, skipped
 
@@ -276,9 +365,10 @@ class BuildResult:
 
 def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: BuildConfig, out: str | Path,
                       describe: Optional[dict] = None, overwrite: bool = False, progress: bool = True,
-                      stop_after_chunks: Optional[int] = None) -> BuildResult:
+                      stop_after_chunks: Optional[int] = None, attack_lora=None) -> BuildResult:
     """Build (or resume) the dataset in folder ``out``. ``describe``: extra JSON for ``dataset.json``
-    and the resume check (base model, cost model...). ``stop_after_chunks`` simulates an interruption."""
+    and the resume check (base model, cost model, attack LoRA...). ``stop_after_chunks`` simulates an
+    interruption. ``attack_lora``: see :func:`build_chunk` (name it in ``describe``)."""
     import pyarrow.parquet as pq
 
     out = ensure_writable_dir(out)
@@ -304,6 +394,7 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
     chunks = [(s, prompts[s:s + cfg.chunk_prompts]) for s in range(0, len(prompts), cfg.chunk_prompts)]
     bar = tqdm(total=len(prompts), desc="build SCP pairs", disable=not progress, unit="prompt")
     done_now = 0
+    directions = None  # computed once, before the first chunk that needs building
     for start, chunk in chunks:
         key = f"{start:06d}"
         part = parts_dir / f"part-{key}.parquet"
@@ -313,7 +404,9 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
         if stop_after_chunks is not None and done_now >= stop_after_chunks:
             bar.close()
             return BuildResult(out, -1, {"interrupted": True})
-        rows, skipped = build_chunk(model, scorer, reward, chunk, start, cfg)
+        if directions is None:
+            directions = concept_directions(model, prompts) if cfg.attack_candidates > 0 else {}
+        rows, skipped = build_chunk(model, scorer, reward, chunk, start, cfg, directions, attack_lora)
         write_table(part, rows_to_table(rows))
         state["done"][key] = len(rows)
         state["skipped"][key] = skipped
@@ -340,6 +433,7 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
         "pairs_by_kind": {k: kinds.count(k) for k in sorted(set(kinds))},
         "safe_rewrite_winners": sources.count("safe_rewrite"),
         "erased_rewrite_losers": sum(pid.endswith("-erased") for pid in table.column("pair_id").to_pylist()),
+        "attack_pairs": sum(pid.endswith("-attack") for pid in table.column("pair_id").to_pylist()),
         "prompts": len(prompts),
         "skipped_prompts": skipped_total,
         "config": asdict(cfg),

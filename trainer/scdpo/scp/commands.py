@@ -44,6 +44,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples of each look-alike prompt's erased rewrite (the prompt without the look-alike), "
                         "paired as losers against its best candidate so the LoRA learns to keep look-alikes "
                         "(default 2; 0 = off)")
+    b.add_argument("--attack-candidates", type=int, default=0,
+                   help="samples of each harmful prompt's safe rewrite pushed along its concept direction "
+                        "(a Ring-A-Bell-style attack); the most unsafe one is the loser of one more pair, which "
+                        "the trainer conditions on the same pushed embedding (default 0 = off; see the README, "
+                        "Attack pairs)")
+    b.add_argument("--attack-strengths", default="1,2,3",
+                   help="comma list of push strengths η, one drawn per prompt (default 1,2,3)")
+    b.add_argument("--attack-lora", default=None,
+                   help="draw the attack samples from the base plus this safety LoRA (one trained on a first "
+                        "dataset), so the attack pairs show that LoRA's own failures: a second training round "
+                        "on the new dataset fixes them")
     b.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     b.add_argument("--guidance-scale", type=float, default=None)
     b.add_argument("--batch-size", type=int, default=128, help="images per generation batch (default 128)")
@@ -136,25 +147,46 @@ def _build(args) -> int:
 
     apply_threads(args.threads)
     for flag, value, least in (("--candidates", args.candidates, 1), ("--pairs-per-prompt", args.pairs_per_prompt, 1),
-                               ("--erased-candidates", args.erased_candidates, 0), ("--n-prompts", args.n_prompts, 1)):
+                               ("--erased-candidates", args.erased_candidates, 0), ("--n-prompts", args.n_prompts, 1),
+                               ("--attack-candidates", args.attack_candidates, 0)):
         if value < least:
             raise ScdpoError(f"{flag} must be at least {least} (got {value})")
+    try:
+        strengths = tuple(float(x) for x in args.attack_strengths.split(",") if x.strip())
+    except ValueError:
+        strengths = ()
+    if not strengths or not all(0 < x < float("inf") for x in strengths):
+        raise ScdpoError(f"--attack-strengths must be a comma list of positive numbers such as 1,2,3 "
+                         f"(got {args.attack_strengths!r})")
     toy = args.prompts is None
     cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
                       near_miss_frac=args.near_miss_frac, steps=args.steps, guidance_scale=args.guidance_scale,
                       batch_size=args.batch_size, seed=args.seed, source="toy" if toy else "generated",
                       winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
-                      erased_candidates=args.erased_candidates)
+                      erased_candidates=args.erased_candidates, attack_candidates=args.attack_candidates,
+                      attack_strengths=strengths)
     prompts = (toy_prompt_specs(cfg.n_prompts, cfg.harmful_frac, cfg.near_miss_frac, cfg.seed) if toy
                else read_prompt_csv(args.prompts))
     reward = make_reward(args.reward)
     scorer = load_cost_model(args.cost_model, backbone=args.backbone, device=args.device)
     model = load_base_model(args.base, device=args.device)
+    attack_lora = None
+    if args.attack_lora:
+        from ..lora import check_compatible, load_lora
+
+        if cfg.attack_candidates <= 0:
+            raise ScdpoError("--attack-lora draws the attack samples, but --attack-candidates is 0: set it to 1 or more")
+        attack_lora = load_lora(args.attack_lora)
+        check_compatible(model.unet, attack_lora, model.base_model_version)
     describe = {"base_model": getattr(model, "model_id", "?"), "base_model_version": model.base_model_version,
                 "cost_model": str(args.cost_model), "cost_threshold": scorer.threshold, "reward": reward.name,
                 "prompt_source": "toy ToyWorld('train') surface forms" if toy else Path(args.prompts).name}
+    if attack_lora is not None:
+        from ..manifest import sha256_of
+
+        describe["attack_lora"] = {"file": str(args.attack_lora), "sha256": sha256_of(args.attack_lora)}
     result = build_scp_dataset(model, scorer, reward, prompts, cfg, args.out, describe=describe,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, attack_lora=attack_lora)
     summary = result.summary
     if toy and "oracle_audit" not in summary:
         summary["oracle_audit"] = audit_toy_dataset(args.out)

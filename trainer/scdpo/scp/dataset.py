@@ -9,7 +9,9 @@ not ``expected_size``, a NaN/inf cost or reward, or a missing/invalid field rais
 
 Item ``i`` is a dict: ``prompt`` str, ``winner`` / ``loser`` ``[H,W,3]`` float32 0..1 tensors,
 ``winner_cost``, ``loser_cost``, ``winner_reward``, ``loser_reward`` floats, ``is_harmful`` bool,
-``category`` str|None, ``kind`` str, ``pair_id`` str.
+``category`` str|None, ``kind`` str, ``pair_id`` str, ``safe_prompt`` str|None (the harmful
+instruction's safe rewrite; None when unknown or for a harmless pair), ``concept_push`` float|None
+(attack pairs: see :mod:`scdpo.scp.schema`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError, InputFileError
-from .schema import COLUMNS, KINDS, PAIRS_FILE, WINNER_SOURCES
+from .schema import COLUMNS, KINDS, OPTIONAL_COLUMNS, PAIRS_FILE, REQUIRED_COLUMNS, WINNER_SOURCES
 
 Size = Union[int, tuple[int, int], None]
 _BINARY = ("winner_png", "loser_png")
@@ -56,6 +58,17 @@ def _check_row(row: dict, expected: Optional[tuple[int, int]]) -> tuple[np.ndarr
         raise ValueError(f"winner_source {row.get('winner_source')!r} is not one of {', '.join(WINNER_SOURCES)}")
     if row["is_harmful"] and not (isinstance(row.get("category"), str) and row["category"]):
         raise ValueError("a harmful pair needs a category")
+    safe = row.get("safe_prompt")
+    if safe is not None and not (isinstance(safe, str) and safe.strip()):
+        raise ValueError(f"safe_prompt {safe!r} is not a non-empty string (null when unknown)")
+    if safe is not None and not row["is_harmful"]:
+        raise ValueError("safe_prompt is set on a harmless pair (it is the safe rewrite of a harmful prompt)")
+    push = row.get("concept_push")
+    if push is not None:
+        if isinstance(push, bool) or not isinstance(push, (int, float)) or not math.isfinite(push) or push <= 0:
+            raise ValueError(f"concept_push is {push!r}; it must be a positive number (null for an ordinary pair)")
+        if safe is None:
+            raise ValueError("concept_push is set but safe_prompt is empty (an attack pair pushes the safe rewrite)")
     for key in _FLOATS:
         v = row.get(key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
@@ -79,7 +92,7 @@ def _read_table(path: Path):
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
         raise DatasetError(f"SCP dataset {path} is not a readable parquet file ({str(exc)[:160]}); rebuild it with "
                            "`scdpo build-dataset` or re-import it") from None
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise DatasetError(f"SCP dataset {path} lacks column(s) {', '.join(missing)}; it was not written by "
                            "`scdpo build-dataset` / `scdpo import-dataset`")
@@ -120,6 +133,8 @@ class ScpDataset(torch.utils.data.Dataset):
             "category": row["category"],
             "kind": row["kind"],
             "pair_id": row["pair_id"],
+            "safe_prompt": row["safe_prompt"],
+            "concept_push": row["concept_push"],
         }
 
     def pair_info(self, i: int) -> tuple[bool, Optional[str]]:
@@ -152,9 +167,12 @@ def load_scp_dataset(path: str | Path, skip_bad: bool = False, expected_size: Si
     expected = (expected_size, expected_size) if isinstance(expected_size, int) else expected_size
     rows, images, reasons = [], [], {}
     try:
-        all_rows = table.select(list(COLUMNS)).to_pylist()
+        all_rows = table.select([c for c in COLUMNS if c in table.column_names]).to_pylist()
     except Exception as exc:  # pyarrow can fail converting a damaged column
         raise DatasetError(f"SCP dataset {pairs} has unreadable values ({str(exc)[:160]})") from None
+    for row in all_rows:
+        for col in OPTIONAL_COLUMNS:
+            row.setdefault(col, None)
     for i, row in enumerate(all_rows):
         try:
             decoded = _check_row(row, tuple(expected) if expected else None)

@@ -130,7 +130,8 @@ def import_pickapic(src: str | Path, out: str | Path, scorer=None, resize: Optio
 
 def import_coprov2(csv_path: str | Path, out: str | Path, safe_dir: Optional[str | Path] = None, scorer=None,
                    resize: Optional[int] = None, limit: Optional[int] = None, progress: bool = True) -> dict:
-    """CoProV2 CSV (+ safe counterparts) → SCP dataset folder ``out``."""
+    """CoProV2 CSV (+ safe counterparts) → SCP dataset folder ``out``. An optional ``safe_prompt``
+    column (the prompt of the safe image) is kept as the rows' ``safe_prompt``."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputFileError(f"CoProV2 CSV not found: {csv_path}")
@@ -177,7 +178,8 @@ def import_coprov2(csv_path: str | Path, out: str | Path, safe_dir: Optional[str
         rows.append({"pair_id": f"coprov2-{n:07d}", "prompt": prompt, "is_harmful": True, "category": category,
                      "kind": "harmful", "winner_png": w_png, "loser_png": l_png, "winner_cost": w_cost,
                      "loser_cost": l_cost, "winner_reward": 0.0, "loser_reward": 0.0, "winner_seed": -1,
-                     "loser_seed": -1, "winner_source": "candidate", "source": "coprov2"})
+                     "loser_seed": -1, "winner_source": "candidate", "source": "coprov2",
+                     "safe_prompt": str(rec.get("safe_prompt") or "").strip() or None})
     summary = {"format": "scdpo SCP preference dataset v1", "imported_from": "coprov2", "source": str(csv_path),
                "costs": "cost model" if scorer is not None else "labels (safe -1, unsafe +1)",
                "rewards": "none (0.0)", "resize": resize, **counts}

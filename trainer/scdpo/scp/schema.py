@@ -1,14 +1,16 @@
 """The SCP (safety-constrained preference) dataset format.
 
 A dataset is a folder with ``pairs.parquet`` and ``dataset.json`` (a human-readable summary: how
-it was built, counts, skipped prompts by reason). One row per preference pair; columns, exactly:
+it was built, counts, skipped prompts by reason). One row per preference pair; columns (all
+required except ``safe_prompt`` and ``concept_push``, which datasets written before they existed
+lack and read as null):
 
 ==================  ==========  ===========================================================
 column              type        meaning
 ==================  ==========  ===========================================================
-``pair_id``         string      unique id (``<source>-<prompt index>[-<k>][-erased]``: ``k``-th pair of
+``pair_id``         string      unique id (``<source>-<prompt index>[-<k>][-erased|-attack]``: ``k``-th pair of
                                 the prompt; ``-erased``: the loser is a sample of the prompt's erased
-                                rewrite, see :mod:`scdpo.scp.builder`)
+                                rewrite; ``-attack``: an attack pair; see :mod:`scdpo.scp.builder`)
 ``prompt``          string      the instruction both images answer
 ``is_harmful``      bool        harmful instruction (has a category) or clean one
 ``category``        string|null unsafe category of a harmful instruction, else null
@@ -25,6 +27,13 @@ column              type        meaning
                                 safe rewrite because no candidate was safe)
 ``source``          string      where the pair comes from (``toy``, ``generated``, ``pickapic``,
                                 ``coprov2``)
+``safe_prompt``     string|null the harmful instruction's safe rewrite (the prompt without its unsafe
+                                concept) when known, else null; null on harmless rows. The trainer
+                                takes its concept directions from these (prompt, rewrite) pairs
+``concept_push``    float64|null set on an **attack pair**: its loser was sampled under the embedding
+                                of ``safe_prompt`` plus ``concept_push`` × the category's concept
+                                direction (a Ring-A-Bell-style attack, see :mod:`scdpo.scp.builder`),
+                                and the trainer conditions the pair the same way; null otherwise
 ==================  ==========  ===========================================================
 """
 
@@ -61,8 +70,12 @@ SCHEMA = pa.schema([
     ("loser_seed", pa.int64()),
     ("winner_source", pa.string()),
     ("source", pa.string()),
+    ("safe_prompt", pa.string()),
+    ("concept_push", pa.float64()),
 ])
 COLUMNS = tuple(SCHEMA.names)
+OPTIONAL_COLUMNS = ("safe_prompt", "concept_push")  # absent from older datasets: read as null
+REQUIRED_COLUMNS = tuple(c for c in COLUMNS if c not in OPTIONAL_COLUMNS)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
