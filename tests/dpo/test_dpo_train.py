@@ -237,3 +237,27 @@ def test_device_options_fail_clearly_on_cpu(tmp_path, toy_model, pairs):
         with pytest.raises(ScdpoError, match="adamw8bit needs bitsandbytes"):
             train_lora(TrainConfig(out=str(tmp_path), optimizer="adamw8bit", **{**TINY, "steps": 1}),
                        model=copy.deepcopy(toy_model), dataset=pairs, progress=False)
+
+
+def test_second_round_starts_from_the_init_lora(tmp_path, toy_model, pairs):
+    from scdpo.errors import IncompatibleModelError
+
+    first = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="first", **TINY), model=copy.deepcopy(toy_model),
+                                 dataset=pairs, progress=False))
+    assert any(float(v.abs().max()) > 1e-4 for k, v in first.tensors.items() if "lora_up" in k)
+    # a learning rate of 1e-12 leaves the starting point in place: the init LoRA, not a fresh adapter
+    still = dict(TINY, lr=1e-12, steps=1)
+    cont = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="cont", init_lora=str(tmp_path / "first.safetensors"),
+                                            **still), model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    fresh = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="fresh", **still), model=copy.deepcopy(toy_model),
+                                 dataset=pairs, progress=False))
+    assert set(cont.tensors) == set(first.tensors)
+    for k, v in first.tensors.items():
+        torch.testing.assert_close(cont.tensors[k], v, atol=1e-7, rtol=0)
+    assert all(float(v.abs().max()) < 1e-9 for k, v in fresh.tensors.items() if "lora_up" in k)
+    # a LoRA of another rank is refused with the flags to pass, and the model is left clean
+    model = copy.deepcopy(toy_model)
+    with pytest.raises(IncompatibleModelError, match="rank \\[4\\].*rank 8.*--rank, --alpha"):
+        train_lora(TrainConfig(out=str(tmp_path), name="other", init_lora=str(tmp_path / "first.safetensors"),
+                               **dict(TINY, rank=8, alpha=8.0)), model=model, dataset=pairs, progress=False)
+    assert not (getattr(model.unet, "peft_config", None) or {})

@@ -268,6 +268,36 @@ def test_attack_samples_can_come_from_a_first_safety_lora(tmp_path, tiny_setup):
         remove_lora(model.unet, "check")
     assert png_bytes((again[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()) == r["loser_png"]
 
+    # mining: the same kind of pairs added to a finished dataset, sampling only the attacked images
+    from scdpo.errors import DatasetError
+    from scdpo.scp.builder import mine_attack_pairs
+
+    specs = {p.text: p.toy_prompt for p in prompts}
+    mined = mine_attack_pairs(model, scorer, ToyFidelityReward(), tmp_path / "base", tmp_path / "mined",
+                              _cfg(attack_candidates=2, attack_strengths=(2.0,)), lora, toy_prompts=specs,
+                              progress=False)
+    rows = pq.read_table(tmp_path / "mined" / "pairs.parquet").to_pylist()
+    assert rows[:len(a)] == a  # every old row, unchanged and first
+    new = rows[len(a):]
+    assert new and mined.summary["mined"]["attack_pairs_added"] == len(new) == mined.n_pairs - len(a)
+    assert mined.summary["mined"]["harmful_prompts"] == len({(r["prompt"], r["safe_prompt"]) for r in a})
+    firsts = {}
+    for row in a:
+        firsts.setdefault(row["prompt"], row)
+    for r in new:
+        first = firsts[r["prompt"]]
+        assert r["pair_id"] == first["pair_id"] + "-attack" and r["concept_push"] == 2.0
+        assert r["winner_png"] == first["winner_png"] and r["loser_cost"] > scorer.threshold
+    load_scp_dataset(tmp_path / "mined")  # a valid dataset
+    bare = [{**row, "safe_prompt": None, "concept_push": None} for row in a]
+    (tmp_path / "bare").mkdir()
+    from scdpo.scp.schema import rows_to_table, write_table
+
+    write_table(tmp_path / "bare" / "pairs.parquet", rows_to_table(bare))
+    with pytest.raises(DatasetError, match="no harmful rows with a safe_prompt"):
+        mine_attack_pairs(model, scorer, ToyFidelityReward(), tmp_path / "bare", tmp_path / "x", _cfg(), lora,
+                          progress=False)
+
 
 def test_look_alike_prompts_pair_their_best_candidate_against_erased_rewrite_samples(tmp_path):
     from scdpo.models import load_base_model

@@ -4,13 +4,16 @@ Stages (each prints one progress line, and each is the documented CLI command, r
 
 1. ``train-cost``      safety cost model on base-model generations labelled by the oracle judge
 2. ``build-dataset``   safety-constrained preference (SCP) pairs scored by that cost model
-3. ``train``           the SC-DPO safety LoRA (β, λ, γ per DESIGN.md §2, plus concept augmentation)
-4. baselines           Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
+3. ``train``           the SC-DPO safety LoRA, round 1 (β, λ, γ per DESIGN.md §2, plus concept
+                       augmentation): ``sc-dpo-one-round``
+4. ``mine-attacks``    its failures under Ring-A-Bell-style attacked embeddings, as attack pairs
+5. ``train``           round 2: that LoRA continued on the pairs plus the attack pairs: ``sc-dpo``
+6. baselines           Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
                        category, merged by activation and by averaging); the ablations
                        (no DFM / no safety margin / no clean pairs)
-5. ``eval``            every method on the held-out and adversarial suites → report.json/.html
+7. ``eval``            every method on the held-out and adversarial suites → report.json/.html
 
-Outputs under ``--out``: ``cost_model.safetensors``, ``scp/``, ``loras/*.safetensors`` (+ resolved
+Outputs under ``--out``: ``cost_model.safetensors``, ``scp/``, ``scp_mined/``, ``loras/*.safetensors`` (+ resolved
 configs and TensorBoard logs), ``report.json``, ``report.html``, ``tradeoff.png``, grids.
 Re-running resumes: finished stages whose outputs exist are skipped.
 """
@@ -46,6 +49,8 @@ class DemoPlan:
     expert_steps: int = 100  # each SafetyDPO expert sees one category's pairs (about a third)
     concept_augment: float = 0.5  # SC-DPO rows: share of harmful pairs under a pushed embedding
     concept_scale: float = 4.0  # (two seeds, n=20, 600 steps: adversarial 27/32 -> 18/27 % unsafe)
+    attack_candidates: int = 2  # round 2: attacked samples per harmful prompt drawn from the round-1 LoRA
+    round2_steps: int = 150  # round 2 continues the round-1 LoRA on the data plus those attack pairs
     eval_n: int = 10
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
     threads: int = 0  # torch threads per stage (0 = all cores)
@@ -55,7 +60,7 @@ class DemoPlan:
     @classmethod
     def quick(cls) -> "DemoPlan":
         return cls(cost_train=480, cost_calib=200, cost_test=240, scp_prompts=160, scp_candidates=3,
-                   dpo_steps=80, expert_steps=20, eval_n=3, gen_steps=10, ablations=True)
+                   dpo_steps=80, expert_steps=20, eval_n=3, gen_steps=10, ablations=True, round2_steps=30)
 
 
 class StageRunner:
@@ -109,8 +114,9 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     augment = ["--concept-augment", f"{plan.concept_augment:g}", "--concept-scale", f"{plan.concept_scale:g}"]
     ablations = {"sc-dpo-no-dfm": [*augment, "--gamma", "0"], "sc-dpo-no-margin": [*augment, "--lam", "0"],
                  "sc-dpo-no-clean-pairs": [*augment, "--no-clean-pairs"]} if plan.ablations else {}
-    # cost model, SCP data, sc-dpo, diffusion-dpo, ablations, one expert per category, 2 merges, eval
-    stages = 4 + len(ablations) + len(categories) + 3
+    # cost model, SCP data, sc-dpo round 1, mining, sc-dpo round 2, diffusion-dpo, ablations, one expert per
+    # category, 2 merges, eval
+    stages = 6 + len(ablations) + len(categories) + 3
     runner = StageRunner(stages, verbose)
     quiet = [] if verbose else ["--quiet"]
 
@@ -125,10 +131,10 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
         "--steps", steps, "--threads", str(plan.threads)], verbose),
         skip=(scp / "pairs.parquet").exists() and (scp / "dataset.json").exists())
 
-    def train(name: str, *extra: str, steps_: int = plan.dpo_steps) -> None:
+    def train(name: str, *extra: str, steps_: int = plan.dpo_steps, data: Path = scp) -> None:
         target = loras / f"{name}.safetensors"
         runner.run(f"train: {name}", lambda: _cli([
-            "train", "--data", str(scp), "--out", str(loras), "--name", name, "--steps", str(steps_),
+            "train", "--data", str(data), "--out", str(loras), "--name", name, "--steps", str(steps_),
             "--cost-model", str(cost), "--lr", f"{plan.dpo_lr:g}", *plan.extra_train_args, *extra, *quiet], verbose),
             skip=target.exists())
 
@@ -139,7 +145,16 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
         main_flags += ["--lam", "0"]
     if not clean_pairs:
         main_flags += ["--no-clean-pairs"]
-    train("sc-dpo", *main_flags)
+    # Two rounds: the one-round LoRA's own failures under attacked embeddings become losers, and
+    # round 2 continues that LoRA on the data plus those pairs (see scdpo mine-attacks).
+    one_round = loras / "sc-dpo-one-round.safetensors"
+    mined = out / "scp_mined"
+    train("sc-dpo-one-round", *main_flags)
+    runner.run("mine-attacks: attack pairs from the one-round LoRA", lambda: _cli([
+        "mine-attacks", "--data", str(scp), "--lora", str(one_round), "--out", str(mined), "--cost-model", str(cost),
+        "--attack-candidates", str(plan.attack_candidates), "--steps", steps, "--threads", str(plan.threads)],
+        verbose), skip=(mined / "pairs.parquet").exists() and (mined / "dataset.json").exists())
+    train("sc-dpo", *main_flags, "--init-lora", str(one_round), steps_=plan.round2_steps, data=mined)
     train("diffusion-dpo", "--lam", "0", "--gamma", "0")
     for name, flags in ablations.items():
         train(name, *flags)
@@ -155,7 +170,8 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
             ["merge", *experts, "--method", m, "--out", str(t), "--base", "toy", "--data", str(scp)], verbose),
             skip=target.exists())
 
-    lora_args = [f"sc-dpo={loras / 'sc-dpo.safetensors'}", f"diffusion-dpo={loras / 'diffusion-dpo.safetensors'}",
+    lora_args = [f"sc-dpo={loras / 'sc-dpo.safetensors'}", f"sc-dpo-one-round={one_round}",
+                 f"diffusion-dpo={loras / 'diffusion-dpo.safetensors'}",
                  f"safetydpo={loras / 'safetydpo-activation.safetensors'}",
                  f"safetydpo-average={loras / 'safetydpo-average.safetensors'}"]
     lora_args += [f"{n}={loras / (n + '.safetensors')}" for n in ablations]

@@ -75,6 +75,7 @@ class TrainConfig:
     cache_inputs: bool = True  # encode latents + text embeddings once before training; encoders leave the GPU
     cpu: bool = False  # force CPU even if a GPU is present
     seed: int = 0
+    init_lora: str = ""  # start from this safety LoRA's weights (a second round), instead of a fresh adapter
     # bookkeeping
     checkpoint_every: int = 50  # optimiser steps between atomic training-state checkpoints (0: never)
     log_every: int = 5  # optimiser steps between TensorBoard points
@@ -235,6 +236,9 @@ _HELP = {
     "optimizer": "adamw | adamw8bit (needs bitsandbytes)",
     "lr_schedule": "constant | cosine | linear, after linear warm-up",
     "resume": "continue from <out>/<name>.state.safetensors if it exists (--no-resume starts over)",
+    "init_lora": "start from this safety LoRA (kohya .safetensors written by scdpo train) instead of a fresh "
+                 "adapter: a second round on data mined with it (build-dataset --attack-lora); it must match "
+                 "--rank, --alpha and the target modules",
 }
 
 

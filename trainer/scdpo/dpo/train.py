@@ -27,7 +27,7 @@ from ..checkpointing import (json_safe, load_training_checkpoint, optimizer_from
                              save_training_checkpoint, set_rng_state)
 from ..errors import ScdpoError
 from ..fileio import ensure_writable_dir
-from ..lora import peft_unet_to_kohya, save_lora
+from ..lora import load_lora, peft_unet_to_kohya, remove_lora, save_lora
 from .config import TOY_ORACLE_DATA, TrainConfig, save_train_config
 from .inputs import encoded_inputs, encoders_parked, pair_texts
 from .pairs import PairOrder, collate_pairs, load_pair_dataset, select_pairs
@@ -146,6 +146,7 @@ def _training_metadata(cfg: TrainConfig, model, summary: dict[str, Any], started
         "scdpo_dataset": cfg.data,
         "scdpo_category": ",".join(cfg.categories),
         "scdpo_clean_pairs": str(cfg.clean_pairs),
+        "scdpo_init_lora": cfg.init_lora,  # a second round: ss_steps counts this round's steps only
         "scdpo_training_summary": json.dumps(summary, sort_keys=True),
         "scdpo_train_config": json.dumps(cfg.to_dict(), sort_keys=True),
     }
@@ -215,12 +216,22 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
             raise ScdpoError(f"{attack} of the selected pairs are attack pairs (concept_push set), which train on "
                              "a pushed text embedding that only the encoded inputs provide: drop --no-cache-inputs, "
                              "or build the data with --attack-candidates 0")
+
         def make_batch(idx: list[int]):
             return collate_pairs([dataset[i] for i in idx])
 
     unet = model.unet
     unet.to(accelerator.device)
     lora_params = attach_training_lora(unet, cfg.rank, cfg.alpha, cfg.lora_target_modules(), seed=cfg.seed)
+    if cfg.init_lora:  # a second round: continue from a finished LoRA (a resumed run then loads its checkpoint)
+        from ..lora.peft_bridge import load_into_adapter
+
+        try:
+            load_into_adapter(unet, load_lora(cfg.init_lora), TRAIN_ADAPTER, cfg.rank, cfg.alpha,
+                              model.base_model_version, what=f"--init-lora {cfg.init_lora}")
+        except Exception:
+            remove_lora(unet, TRAIN_ADAPTER)
+            raise
     policy = None
     parked = contextlib.ExitStack()
     try:

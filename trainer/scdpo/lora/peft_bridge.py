@@ -129,17 +129,26 @@ def apply_lora(
         from peft import inject_adapter_in_model
 
         inject_adapter_in_model(config, unet, adapter_name=adapter_name)
+    return _copy_weights(unet, lora, paths, adapter_name, scale, trainable)
+
+
+def _copy_weights(unet: torch.nn.Module, lora: LoraFile, paths: dict[str, str], adapter_name: str, scale: float,
+                  trainable: bool) -> list[str]:
+    """Copy ``lora``'s down/up weights into adapter ``adapter_name`` (already attached at ``paths``)."""
     by_path = {p: n for n, p in paths.items()}
     loaded = set()
     for path, layer in _peft_layers(unet, adapter_name):
         path = path[len("base_model.model."):] if path.startswith("base_model.model.") else path
-        name = by_path[path]
+        name = by_path.get(path)
+        if name is None:
+            continue  # load_into_adapter checks that the module sets are equal
         if trainable:  # train LoRA weights in fp32 even on an fp16/bf16 base (see the memory plan)
             layer.lora_A[adapter_name].float()
             layer.lora_B[adapter_name].float()
         a, b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
-        a.copy_(lora.tensors[f"{name}.lora_down.weight"].to(a.device, a.dtype))
-        b.copy_(lora.tensors[f"{name}.lora_up.weight"].to(b.device, b.dtype))
+        with torch.no_grad():
+            a.copy_(lora.tensors[f"{name}.lora_down.weight"].to(a.device, a.dtype))
+            b.copy_(lora.tensors[f"{name}.lora_up.weight"].to(b.device, b.dtype))
         layer.set_scale(adapter_name, scale)
         a.requires_grad_(trainable)
         b.requires_grad_(trainable)
@@ -147,6 +156,24 @@ def apply_lora(
     if loaded != set(by_path):  # peft did not wrap a module we asked for: a bug, never silent
         raise RuntimeError(f"peft did not attach {sorted(set(by_path) - loaded)[:3]}")
     return sorted(loaded)
+
+
+def load_into_adapter(unet: torch.nn.Module, lora: LoraFile, adapter_name: str, rank: int, alpha: float,
+                      base_model_version: Optional[str] = None, what: str = "LoRA") -> None:
+    """Overwrite the weights of the attached, trainable adapter ``adapter_name`` (rank ``rank``,
+    ``lora_alpha`` ``alpha``) with ``lora``'s, which must cover exactly the same modules with the same
+    rank and alpha. Raises :class:`IncompatibleModelError` naming what differs."""
+    paths = check_compatible(unet, lora, base_model_version)
+    attached = set()
+    for path, _ in _peft_layers(unet, adapter_name):
+        attached.add(path[len("base_model.model."):] if path.startswith("base_model.model.") else path)
+    ranks, alphas = set(lora.ranks.values()), set(lora.alphas.values())
+    if set(paths.values()) != attached or ranks != {rank} or alphas != {float(alpha)}:
+        raise IncompatibleModelError(
+            f"{what} adapts {len(paths)} modules with rank {sorted(ranks)} and alpha {sorted(alphas)}, but this "
+            f"training adapter has {len(attached)} modules with rank {rank} and alpha {alpha:g}; pass the "
+            "--rank, --alpha and target modules (--target-modules, --train-proj, --train-ff) it was trained with")
+    _copy_weights(unet, lora, paths, adapter_name, 1.0, trainable=True)
 
 
 def remove_lora(unet: torch.nn.Module, adapter_name: str = "safety") -> None:

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..errors import OutputPathError
+from ..errors import DatasetError, OutputPathError
 from ..fileio import ensure_writable_dir, write_json_atomic
 from .schema import PAIRS_FILE, SUMMARY_FILE, png_bytes, rows_to_table, write_table
 
@@ -449,4 +449,76 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
         parts_dir.rmdir()
     except OSError:
         pass
+    return BuildResult(out / PAIRS_FILE, table.num_rows, summary)
+
+
+def mine_attack_pairs(model, scorer, reward, data: str | Path, out: str | Path, cfg: BuildConfig, attack_lora,
+                      toy_prompts: Optional[dict] = None, progress: bool = True) -> BuildResult:
+    """Second-round data: every row of the dataset ``data`` plus attack pairs drawn with ``attack_lora``.
+
+    For each distinct harmful (prompt, safe rewrite, category) of ``data`` (rows with a
+    ``safe_prompt``), ``cfg.attack_candidates`` images are sampled from base + ``attack_lora`` under
+    ``embedding(safe rewrite) + η · d_category`` (η from ``cfg.attack_strengths``, ``d`` from these
+    prompts, as in :func:`build_chunk`). The most unsafe one, if unsafe, becomes the loser of a new
+    pair with the prompt's winner (taken from its first row): ``pair_id`` = that row's id +
+    ``-attack``. Only the attack samples are generated, so this costs ``attack_candidates`` images
+    per harmful prompt. ``toy_prompts``: ``{text: ToyPrompt}`` for the toy reward.
+    """
+    import pyarrow.parquet as pq
+
+    from .dataset import load_scp_dataset, resolve_pairs_file
+
+    source = resolve_pairs_file(data)
+    load_scp_dataset(source)  # validates every row first: mining never extends a broken dataset
+    rows = pq.read_table(source).to_pylist()
+    groups: dict[tuple, dict] = {}
+    for row in rows:
+        if row.get("is_harmful") and row.get("safe_prompt"):
+            groups.setdefault((row["prompt"], row["safe_prompt"], row["category"]), row)
+    if not groups:
+        raise DatasetError(f"{source} has no harmful rows with a safe_prompt; attack pairs push the safe rewrite "
+                           "(build the data with scdpo build-dataset, or add a safe_prompt column)")
+    keys = list(groups)
+    specs = [PromptSpec(t, True, c, "harmful", s, None, (toy_prompts or {}).get(t)) for t, s, c in keys]
+    directions = concept_directions(model, specs)
+    t0, new, ids = time.time(), [], {r["pair_id"] for r in rows}
+    bar = tqdm(total=len(specs), desc="mine attack pairs", disable=not progress, unit="prompt")
+    for start in range(0, len(specs), cfg.chunk_prompts):
+        chosen = list(range(start, min(start + cfg.chunk_prompts, len(specs))))
+        eta = {j: attack_strength(cfg, j) for j in chosen}
+        with _lora_applied(model, attack_lora):
+            at = _rewrite_samples(model, scorer, reward, specs, chosen, "safe_text", cfg.attack_candidates, 3000, 0,
+                                  cfg, {j: {k: eta[j] * d for k, d in directions[specs[j].category].items()}
+                                        for j in chosen})
+        for j in chosen:
+            a = at[j]
+            q = max(range(len(a.cost)), key=lambda i: (a.cost[i], -i))
+            if not a.unsafe[q]:
+                continue
+            first = groups[keys[j]]
+            pair_id = f"{first['pair_id']}-attack"
+            while pair_id in ids:
+                pair_id += "-2"
+            ids.add(pair_id)
+            new.append({**first, "pair_id": pair_id, "loser_png": png_bytes(a.images[q]),
+                        "loser_cost": float(a.cost[q]), "loser_reward": float(a.reward[q]),
+                        "loser_seed": int(a.seeds[q]), "concept_push": eta[j]})
+        bar.update(len(chosen))
+        bar.set_postfix(pairs=len(new))
+    bar.close()
+    out = ensure_writable_dir(out)
+    table = rows_to_table(rows + new)
+    write_table(out / PAIRS_FILE, table)
+    old = {}
+    if (source.parent / SUMMARY_FILE).is_file():
+        try:
+            old = json.loads((source.parent / SUMMARY_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            old = {}
+    summary = {**(old if isinstance(old, dict) else {}), "n_pairs": table.num_rows,
+               "attack_pairs": sum(pid.endswith("-attack") for pid in table.column("pair_id").to_pylist()),
+               "mined": {"from": str(source), "harmful_prompts": len(specs), "attack_pairs_added": len(new),
+                         "attack_candidates": cfg.attack_candidates, "attack_strengths": list(cfg.attack_strengths),
+                         "seconds": round(time.time() - t0, 1)}}
+    write_json_atomic(out / SUMMARY_FILE, summary)
     return BuildResult(out / PAIRS_FILE, table.num_rows, summary)

@@ -65,6 +65,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
     b.set_defaults(func=_build)
 
+    m = sub.add_parser(
+        "mine-attacks", help="second-round data: add attack pairs drawn from a first safety LoRA to a dataset",
+        description="For each harmful prompt of --data that has a safe_prompt, sample --attack-candidates images "
+        "from the base plus --lora under a Ring-A-Bell-style attacked embedding (the safe rewrite pushed along the "
+        "category's concept direction); the most unsafe one, if unsafe, is the loser of a new pair with the "
+        "prompt's winner. Writes the old rows plus these to --out. Then continue that LoRA on it: "
+        "scdpo train --data OUT --init-lora LORA.")
+    m.add_argument("--data", required=True, help="SCP dataset folder (with safe_prompt on harmful rows)")
+    m.add_argument("--lora", required=True, help="the first-round safety LoRA whose failures to mine")
+    m.add_argument("--out", required=True, help="output folder for the extended dataset")
+    m.add_argument("--base", default=None, help="base model (default: the shipped toy base)")
+    m.add_argument("--cost-model", default="toy", help="cost model .safetensors, `toy` (default) or `nudenet`")
+    m.add_argument("--backbone", default=None, help="CLIP vision file/folder for a CLIP-based cost model")
+    m.add_argument("--reward", default=None, help="preference reward, as for build-dataset (records R of losers)")
+    m.add_argument("--attack-candidates", type=int, default=2, help="samples per harmful prompt (default 2)")
+    m.add_argument("--attack-strengths", default="1,2,3", help="push strengths η, one drawn per prompt (default 1,2,3)")
+    m.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    m.add_argument("--guidance-scale", type=float, default=None)
+    m.add_argument("--batch-size", type=int, default=128, help="images per generation batch (default 128)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--device", default="auto")
+    add_threads_arg(m)
+    m.set_defaults(func=_mine)
+
     i = sub.add_parser("import-dataset", help="import Pick-a-Pic or CoProV2 pairs into the SCP format",
                        description="Convert an existing preference dataset (Pick-a-Pic parquet layout, CoProV2 "
                        "CSV layout) into an SCP dataset folder, optionally scoring images with a cost model.")
@@ -139,6 +163,59 @@ def audit_toy_dataset(path: str | Path) -> dict:
     return out
 
 
+def _attack_strengths(text: str) -> tuple:
+    try:
+        strengths = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        strengths = ()
+    if not strengths or not all(0 < x < float("inf") for x in strengths):
+        raise ScdpoError(f"--attack-strengths must be a comma list of positive numbers such as 1,2,3 (got {text!r})")
+    return strengths
+
+
+def _load_attack_lora(path: str, model):
+    from ..lora import check_compatible, load_lora
+
+    lora = load_lora(path)
+    check_compatible(model.unet, lora, model.base_model_version)
+    return lora
+
+
+def _mine(args) -> int:
+    from ..cost.scorer import load_cost_model
+    from ..models import load_base_model
+    from .builder import BuildConfig, mine_attack_pairs, toy_prompt_specs
+    from .dataset import resolve_pairs_file
+    from .rewards import ToyFidelityReward, make_reward
+
+    apply_threads(args.threads)
+    if args.attack_candidates < 1:
+        raise ScdpoError(f"--attack-candidates must be at least 1 (got {args.attack_candidates})")
+    cfg = BuildConfig(steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
+                      attack_candidates=args.attack_candidates, attack_strengths=_attack_strengths(args.attack_strengths),
+                      seed=args.seed)
+    reward = make_reward(args.reward)
+    toy_prompts = None
+    if isinstance(reward, ToyFidelityReward):  # the toy reward scores against the toy prompts the data came from
+        summary_file = resolve_pairs_file(args.data).parent / "dataset.json"
+        try:
+            built = json.loads(summary_file.read_text(encoding="utf-8"))["config"]
+            specs = toy_prompt_specs(built["n_prompts"], built["harmful_frac"], built["near_miss_frac"], built["seed"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ScdpoError(f"{args.data} was not built from toy prompts by scdpo build-dataset (its dataset.json "
+                             "has no build config), so the toy reward cannot score it; pass --reward "
+                             "package.module:function") from None
+        toy_prompts = {p.text: p.toy_prompt for p in specs}
+    scorer = load_cost_model(args.cost_model, backbone=args.backbone, device=args.device)
+    model = load_base_model(args.base, device=args.device)
+    lora = _load_attack_lora(args.lora, model)
+    result = mine_attack_pairs(model, scorer, reward, args.data, args.out, cfg, lora, toy_prompts=toy_prompts)
+    mined = result.summary["mined"]
+    print(f"wrote {result.n_pairs} pairs to {result.path} ({mined['attack_pairs_added']} attack pairs added from "
+          f"{mined['harmful_prompts']} harmful prompts in {mined['seconds']:.0f}s)")
+    return 0
+
+
 def _build(args) -> int:
     from ..cost.scorer import load_cost_model
     from ..models import load_base_model
@@ -151,13 +228,7 @@ def _build(args) -> int:
                                ("--attack-candidates", args.attack_candidates, 0)):
         if value < least:
             raise ScdpoError(f"{flag} must be at least {least} (got {value})")
-    try:
-        strengths = tuple(float(x) for x in args.attack_strengths.split(",") if x.strip())
-    except ValueError:
-        strengths = ()
-    if not strengths or not all(0 < x < float("inf") for x in strengths):
-        raise ScdpoError(f"--attack-strengths must be a comma list of positive numbers such as 1,2,3 "
-                         f"(got {args.attack_strengths!r})")
+    strengths = _attack_strengths(args.attack_strengths)
     toy = args.prompts is None
     cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
                       near_miss_frac=args.near_miss_frac, steps=args.steps, guidance_scale=args.guidance_scale,
@@ -172,12 +243,9 @@ def _build(args) -> int:
     model = load_base_model(args.base, device=args.device)
     attack_lora = None
     if args.attack_lora:
-        from ..lora import check_compatible, load_lora
-
         if cfg.attack_candidates <= 0:
             raise ScdpoError("--attack-lora draws the attack samples, but --attack-candidates is 0: set it to 1 or more")
-        attack_lora = load_lora(args.attack_lora)
-        check_compatible(model.unet, attack_lora, model.base_model_version)
+        attack_lora = _load_attack_lora(args.attack_lora, model)
     describe = {"base_model": getattr(model, "model_id", "?"), "base_model_version": model.base_model_version,
                 "cost_model": str(args.cost_model), "cost_threshold": scorer.threshold, "reward": reward.name,
                 "prompt_source": "toy ToyWorld('train') surface forms" if toy else Path(args.prompts).name}
