@@ -204,10 +204,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole method on the toy world: cost model, SCP data, SC-DPO LoRA, baselines, report",
-        description="Train the cost model, build the SCP preference data, train the SC-DPO safety LoRA, "
-        "run the baselines (Diffusion-DPO, SafetyDPO, training-free) and the ablations, evaluate everything "
-        "and write report.json / report.html to --out. About 13 minutes on a 2-core CPU; --quick is a "
-        "smaller run. Re-running with the same --out skips finished stages.",
+        description="Train the cost model, build the SCP preference data, train the SC-DPO safety LoRA in two "
+        "rounds (the second on its own failures under attacked embeddings), run the baselines (Diffusion-DPO, "
+        "SafetyDPO, training-free) and the ablations, evaluate everything and write report.json / report.html "
+        "to --out. About 12-15 minutes on a 2-core CPU; --quick is a smaller run. Re-running with the same "
+        "--out skips finished stages.",
     )
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--quick", action="store_true", help="a much smaller run (used by the tests)")
