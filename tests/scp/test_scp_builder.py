@@ -288,7 +288,7 @@ def test_attack_samples_can_come_from_a_first_safety_lora(tmp_path, tiny_setup):
         first = firsts[r["prompt"]]
         assert r["pair_id"] == first["pair_id"] + "-attack" and r["concept_push"] == 2.0
         assert r["winner_png"] == first["winner_png"] and r["loser_cost"] > scorer.threshold
-    load_scp_dataset(tmp_path / "mined")  # a valid dataset
+    assert load_scp_dataset(tmp_path / "mined").counts() == mined.summary["pairs_by_kind"]  # valid, counted
     bare = [{**row, "safe_prompt": None, "concept_push": None} for row in a]
     (tmp_path / "bare").mkdir()
     from scdpo.scp.schema import rows_to_table, write_table

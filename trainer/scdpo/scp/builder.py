@@ -515,7 +515,9 @@ def mine_attack_pairs(model, scorer, reward, data: str | Path, out: str | Path, 
             old = json.loads((source.parent / SUMMARY_FILE).read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             old = {}
+    kinds = table.column("kind").to_pylist()
     summary = {**(old if isinstance(old, dict) else {}), "n_pairs": table.num_rows,
+               "pairs_by_kind": {k: kinds.count(k) for k in sorted(set(kinds))},
                "attack_pairs": sum(pid.endswith("-attack") for pid in table.column("pair_id").to_pylist()),
                "mined": {"from": str(source), "harmful_prompts": len(specs), "attack_pairs_added": len(new),
                          "attack_candidates": cfg.attack_candidates, "attack_strengths": list(cfg.attack_strengths),
