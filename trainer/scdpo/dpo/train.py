@@ -153,22 +153,6 @@ def _training_metadata(cfg: TrainConfig, model, summary: dict[str, Any], started
     return meta
 
 
-@contextlib.contextmanager
-def denormals_flushed():
-    """Flush denormal floats to zero on the CPU while training, then switch it off again.
-
-    Some runs drift into denormal activations or gradients, and x86 CPUs handle those in a slow
-    path: the demo's ``--gamma 0`` ablation took 45 s per 200 steps instead of 30 s. Values below
-    1e-38 are noise for a LoRA update. torch has no getter for the flag, so it ends off (its default).
-    """
-    supported = torch.set_flush_denormal(True)
-    try:
-        yield supported
-    finally:
-        if supported:
-            torch.set_flush_denormal(False)
-
-
 def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool = True,
                stop_after: Optional[int] = None, keep_adapter: bool = False) -> Path:
     """Train a safety LoRA and write it (kohya format) to ``<out>/<name>.safetensors``; returns its path.
@@ -237,8 +221,6 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
     try:
         if cfg.cache_inputs:  # the text encoders and VAE are not needed any more
             parked.enter_context(encoders_parked(model, free=owns_model))
-        if accelerator.device.type == "cpu":
-            parked.enter_context(denormals_flushed())
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
