@@ -464,13 +464,10 @@ def mine_attack_pairs(model, scorer, reward, data: str | Path, out: str | Path, 
     ``-attack``. Only the attack samples are generated, so this costs ``attack_candidates`` images
     per harmful prompt. ``toy_prompts``: ``{text: ToyPrompt}`` for the toy reward.
     """
-    import pyarrow.parquet as pq
+    from .dataset import load_scp_dataset
 
-    from .dataset import load_scp_dataset, resolve_pairs_file
-
-    source = resolve_pairs_file(data)
-    load_scp_dataset(source)  # validates every row first: mining never extends a broken dataset
-    rows = pq.read_table(source).to_pylist()
+    dataset = load_scp_dataset(data)  # validates every row first: mining never extends a broken dataset
+    source, rows = dataset.path, dataset.rows
     groups: dict[tuple, dict] = {}
     for row in rows:
         if row.get("is_harmful") and row.get("safe_prompt"):
@@ -509,14 +506,8 @@ def mine_attack_pairs(model, scorer, reward, data: str | Path, out: str | Path, 
     out = ensure_writable_dir(out)
     table = rows_to_table(rows + new)
     write_table(out / PAIRS_FILE, table)
-    old = {}
-    if (source.parent / SUMMARY_FILE).is_file():
-        try:
-            old = json.loads((source.parent / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            old = {}
     kinds = table.column("kind").to_pylist()
-    summary = {**(old if isinstance(old, dict) else {}), "n_pairs": table.num_rows,
+    summary = {**dataset.summary, "n_pairs": table.num_rows,
                "pairs_by_kind": {k: kinds.count(k) for k in sorted(set(kinds))},
                "attack_pairs": sum(pid.endswith("-attack") for pid in table.column("pair_id").to_pylist()),
                "mined": {"from": str(source), "harmful_prompts": len(specs), "attack_pairs_added": len(new),
