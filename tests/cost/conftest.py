@@ -16,7 +16,7 @@ def render_examples(n_train: int = 240, n_calib: int = 90, n_test: int = 120, se
     """Ground-truth renders labelled by construction (for fast unit tests only)."""
     ex = CostExamples()
     for split, world_split, n in (("train", "train", n_train), ("calib", "train", n_calib),
-                                  ("test", "heldout", n_test)):
+                                  ("test", "validation", n_test)):
         world, rng = ToyWorld(world_split), random.Random(f"{split}-{seed}")
         for _ in range(n):
             p = world.sample_prompt(rng, 0.45, 0.3)

@@ -7,8 +7,8 @@ import pytest
 
 from scdpo.cli import main
 
-METHODS = {"base", "sc-dpo", "sc-dpo-one-round", "diffusion-dpo", "safetydpo", "safetydpo-average", "negative-prompt",
-           "safe-guidance", "blacklist", "sc-dpo-no-dfm", "sc-dpo-no-margin", "sc-dpo-no-clean-pairs"}
+METHODS = {"base", "sc-dpo", "diffusion-dpo", "safetydpo", "safetydpo-average", "negative-prompt",
+           "safe-guidance", "blacklist", "sc-dpo-adversarial", "sc-dpo-no-anchor"}
 SUITES = {"direct", "synonym", "misspelled", "indirect", "adversarial"}
 
 
@@ -22,7 +22,7 @@ def demo_out(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_demo_writes_the_report_with_every_method(demo_out):
     report = json.loads((demo_out / "report.json").read_text())
-    assert set(report["methods"]) == METHODS
+    assert set(report["methods"]) == METHODS and report["split"] == "test"
     for name, m in report["methods"].items():
         assert set(m["unsafe_rate"]) == SUITES, name
         for v in list(m["unsafe_rate"].values()) + [m["clean_fidelity"], m["near_miss_fidelity"]]:
@@ -30,13 +30,17 @@ def test_quick_demo_writes_the_report_with_every_method(demo_out):
     html = (demo_out / "report.html").read_text()
     assert "<table>" in html and "sc-dpo" in html and "data:image/png;base64" in html
     assert (demo_out / "tradeoff.png").stat().st_size > 1000
-    for name in ("sc-dpo", "sc-dpo-one-round", "diffusion-dpo", "safetydpo-activation", "safetydpo-average"):
+    assert "concept leak" in html and "look-alike kept" in html
+    for name in ("sc-dpo", "diffusion-dpo", "safetydpo-activation", "safetydpo-average"):
         assert (demo_out / "loras" / f"{name}.safetensors").exists()
-    mined = json.loads((demo_out / "scp_mined" / "dataset.json").read_text())
-    assert mined["mined"]["harmful_prompts"] > 0 and mined["n_pairs"] == (
-        json.loads((demo_out / "scp" / "dataset.json").read_text())["n_pairs"] + mined["mined"]["attack_pairs_added"])
     config = (demo_out / "loras" / "sc-dpo.config.toml").read_text()
-    assert "sc-dpo-one-round.safetensors" in config and "scp_mined" in config  # round 2 continues round 1
+    assert "winner_anchor = 0.5" in config and "adversarial_share = 0.0" in config
+    adversarial = (demo_out / "loras" / "sc-dpo-adversarial.config.toml").read_text()
+    assert "adversarial_share = 0.5" in adversarial and "winner_anchor = 0.5" in adversarial
+    baseline = (demo_out / "loras" / "diffusion-dpo.config.toml").read_text()
+    assert "winner_anchor = 0.0" in baseline and "lam = 0.0" in baseline
+    summary = json.loads((demo_out / "scp" / "dataset.json").read_text())
+    assert summary["config"]["composite_frac"] == 0.2
     assert set(report["timings"]) and all(v >= 0 for v in report["timings"].values())
 
 
@@ -52,5 +56,5 @@ def test_quick_demo_already_makes_the_base_safer(demo_out):
 def test_rerunning_the_demo_skips_finished_stages(demo_out, capsys):
     assert main(["demo", "--quick", "--out", str(demo_out)]) == 0
     out = capsys.readouterr().out
-    assert out.count("already done, skipped") >= 12
-    assert "[15/15] eval" in out  # the stage counter counts the stages that run
+    assert out.count("already done, skipped") >= 11
+    assert "[12/12] eval" in out  # the stage counter counts the stages that run

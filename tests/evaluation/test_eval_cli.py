@@ -26,7 +26,7 @@ def test_eval_with_a_lora_prints_json_and_writes_reports(lora_files, tmp_path, c
     for name, m in methods.items():
         assert tuple(m["unsafe_rate"]) == SUITES and all(0 <= v <= 1 for v in m["unsafe_rate"].values())
         assert 0 <= m["clean_fidelity"] <= 1 and 0 <= m["near_miss_fidelity"] <= 1
-        assert m["seconds_per_image"] > 0 and m["n_images"] == 33
+        assert m["seconds_per_image"] > 0 and m["n_images"] == 45  # 12 harmful, 18 attacked, 3 + 6 + 6
     assert str(lora_files["a"]) in methods["safe"]["description"]
     report = json.loads((out / "report.json").read_text())
     assert report["methods"] == methods

@@ -9,11 +9,11 @@ import torch
 from scdpo.evaluation.baselines import GenerationMethod, blacklist_method
 from scdpo.evaluation.harness import HARMFUL_FORMS, EvalConfig, evaluate_methods, reference_clean_features, suites
 from scdpo.evaluation.metrics import judge_features, kid, mean_fidelity, rate
-from scdpo.toy.judge import judge_images
+from scdpo.toy.judge import judge_images, strict_unsafe_flags
 from scdpo.toy.world import CATEGORIES
 
 SUITES = ("direct", "synonym", "misspelled", "indirect", "adversarial")
-CFG = EvalConfig(n=1, steps=2, strengths=(1.0, 3.0))
+CFG = EvalConfig(n=1, steps=2, strengths=(1.0, 3.0), attacks=("ring-a-bell", "ring-a-bell-unseen"))
 
 
 @pytest.fixture(scope="module")
@@ -27,34 +27,48 @@ def evaluated(toy_model):
 def test_report_schema(evaluated):
     report, samples, calls = evaluated
     assert calls == [("base", 0, 3), ("blacklist", 1, 3), ("base-again", 2, 3)]
-    assert report["schema_version"] == 1 and report["world"] == "toy"
+    assert report["schema_version"] == 2 and report["world"] == "toy" and report["split"] == "validation"
     assert report["config"] == {"n": 1, "steps": 2, "seed": 1234, "strengths": [1.0, 3.0], "batch_size": 192,
-                                "grid_prompts": 8}
+                                "grid_prompts": 8, "split": "validation", "attack_budget": 2.0,
+                                "attacks": ["ring-a-bell", "ring-a-bell-unseen"]}
+    assert set(report["suites"]["adversarial"]) == {"ring-a-bell", "ring-a-bell-unseen"}
     assert report["suites"]["harmful_forms"] == list(HARMFUL_FORMS) == list(SUITES[:4])
     assert report["suites"]["categories"] == list(CATEGORIES)
     assert list(report["methods"]) == ["base", "blacklist", "base-again"]
-    n_images = len(CATEGORIES) * 4 * CFG.n + len(CFG.strengths) * len(CATEGORIES) * CFG.n + 2 * 6 * CFG.n
+    n_images = (len(CATEGORIES) * 4 * CFG.n + (len(CFG.strengths) + 1) * len(CATEGORIES) * CFG.n
+                + 2 * 6 * CFG.n + 3 * CFG.n)
     for name, m in report["methods"].items():
-        assert set(m) == {"unsafe_rate", "unsafe_rate_by_category", "adversarial_by_strength", "clean_fidelity",
-                          "clean_object_accuracy", "near_miss_fidelity", "near_miss_flagged_unsafe", "clean_kid",
-                          "seconds_per_image", "n_images", "description"}
+        assert set(m) == {"unsafe_rate", "oracle_unsafe_rate", "leak_rate", "unsafe_rate_by_category",
+                          "oracle_unsafe_rate_by_category", "leak_rate_by_category", "adversarial_by_family",
+                          "adversarial_by_strength", "composite", "clean_fidelity", "clean_object_accuracy",
+                          "near_miss_fidelity", "near_miss_flagged_unsafe", "clean_kid", "seconds_per_image",
+                          "n_images", "description"}
+        for key in ("unsafe_rate", "oracle_unsafe_rate", "leak_rate"):  # strict = oracle or leak, so it is the max
+            assert tuple(m[key]) == SUITES
+        for s in SUITES[:4]:
+            assert m["unsafe_rate"][s] >= max(m["oracle_unsafe_rate"][s], m["leak_rate"][s])
+            assert m["unsafe_rate"][s] <= m["oracle_unsafe_rate"][s] + m["leak_rate"][s]
+        assert set(m["adversarial_by_family"]) == {"ring-a-bell", "ring-a-bell-unseen"}
+        for cat in CATEGORIES:  # the adversarial cell is the worst family of the category
+            assert m["unsafe_rate_by_category"][cat]["adversarial"] == max(
+                f[cat] for f in m["adversarial_by_family"].values())
+        assert set(m["composite"]) == {"strict", "oracle", "leak", "look_alike_kept"}
         assert tuple(m["unsafe_rate"]) == SUITES
         assert all(0.0 <= v <= 1.0 for v in m["unsafe_rate"].values()), name
         assert set(m["unsafe_rate_by_category"]) == set(CATEGORIES)
         for cat, r in m["unsafe_rate_by_category"].items():
             assert tuple(r) == SUITES and all(0.0 <= v <= 1.0 for v in r.values())
         assert set(m["adversarial_by_strength"]) == {"1", "3"}
-        assert m["unsafe_rate"]["adversarial"] == max(m["adversarial_by_strength"].values())
         for form in HARMFUL_FORMS:  # overall = mean over categories (equal cell sizes)
             assert m["unsafe_rate"][form] == pytest.approx(
                 sum(m["unsafe_rate_by_category"][c][form] for c in CATEGORIES) / len(CATEGORIES))
         for k in ("clean_fidelity", "clean_object_accuracy", "near_miss_fidelity", "near_miss_flagged_unsafe"):
             assert 0.0 <= m[k] <= 1.0, (name, k)
         assert math.isfinite(m["clean_kid"])
-        assert m["seconds_per_image"] > 0 and m["n_images"] == n_images == 30
+        assert m["seconds_per_image"] > 0 and m["n_images"] == n_images == 36
     assert report["methods"]["base"]["description"] == "no measure"
     assert set(samples) == {"base", "blacklist", "base-again"}
-    assert list(samples["base"]) == [f"direct/{c}" for c in CATEGORIES] + ["clean", "near_miss"]
+    assert list(samples["base"]) == [f"direct/{c}" for c in CATEGORIES] + ["composite", "clean", "near_miss"]
     assert samples["base"]["clean"].shape == (6, 16, 16, 3) and samples["base"]["direct/gore"].shape == (1, 16, 16, 3)
 
 
@@ -92,8 +106,10 @@ def test_metrics_recompute_from_samples(evaluated):
     for name, m in report["methods"].items():
         s = samples[name]
         for cat in CATEGORIES:
-            flags = [v.is_unsafe for v in judge_images(s[f"direct/{cat}"])]
-            assert m["unsafe_rate_by_category"][cat]["direct"] == rate(flags)
+            images, prompts = s[f"direct/{cat}"], all_suites[f"direct/{cat}"]
+            assert m["oracle_unsafe_rate_by_category"][cat]["direct"] == rate(
+                [v.is_unsafe for v in judge_images(images)])
+            assert m["unsafe_rate_by_category"][cat]["direct"] == rate(strict_unsafe_flags(images, prompts))
         clean_v, near_v = judge_images(s["clean"]), judge_images(s["near_miss"])
         assert m["clean_fidelity"] == pytest.approx(mean_fidelity(clean_v, all_suites["clean"]))
         assert m["near_miss_fidelity"] == pytest.approx(mean_fidelity(near_v, all_suites["near_miss"]))
@@ -101,10 +117,15 @@ def test_metrics_recompute_from_samples(evaluated):
         assert m["clean_kid"] == pytest.approx(kid(judge_features(s["clean"]), ref))
 
 
-def test_suites_are_fixed_held_out_and_sized():
+def test_suites_are_fixed_of_one_split_and_sized():
     s = suites(EvalConfig(n=2))
-    assert len(s) == len(CATEGORIES) * 4 + 2
-    assert len(s["clean"]) == len(s["near_miss"]) == 12
+    assert len(s) == len(CATEGORIES) * 4 + 3
+    assert len(s["clean"]) == len(s["near_miss"]) == 12 and len(s["composite"]) == 6
+    test = suites(EvalConfig(n=2, split="test"))
+    assert all(p.shape in ("alone", "repeat") for p in test["direct/gore"])
+    assert [p.text for p in test["clean"]] != [p.text for p in s["clean"]]
+    with pytest.raises(ValueError, match="not 'train'"):
+        suites(EvalConfig(n=2, split="train"))
     for cat in CATEGORIES:
         for form in HARMFUL_FORMS:
             ps = s[f"{form}/{cat}"]

@@ -77,21 +77,30 @@ def test_harmful_winner_must_be_confidently_safe_and_extra_losers_follow_the_sam
 
 
 def test_toy_prompts_use_train_split_surface_forms_only():
-    heldout_only = {ph for c in CATEGORIES.values() for f in c.forms.values() for ph in f["heldout"]
-                    if ph not in f["train"]}
-    heldout_tpl_words = {"backdrop"}  # only the held-out templates say "backdrop"
-    specs = toy_prompt_specs(400, harmful_frac=0.5, seed=3)
+    heldout_only = {ph for c in CATEGORIES.values() for f in c.forms.values() for s in ("validation", "test")
+                    for ph in f[s] if ph not in f["train"]}
+    heldout_tpl_words = {"backdrop", "scene"}  # only the validation / test templates say these
+    specs = toy_prompt_specs(400, harmful_frac=0.5, seed=3, composite_frac=0.2)
     harmful = [s for s in specs if s.is_harmful]
     assert 150 < len(harmful) < 250
     for s in specs:
         assert not any(re.search(rf"\b{re.escape(ph)}\b", s.text) for ph in heldout_only), s.text
         assert not any(w in s.text.split() for w in heldout_tpl_words), s.text
+        assert s.text == s.text.lower() and s.toy_prompt.shape == "plain"  # train caption shape only
         if s.is_harmful:
             assert s.category in CATEGORIES and s.safe_text and s.kind == "harmful"
         else:
             assert s.category is None
     assert {s.kind for s in specs} == {"harmful", "clean", "near_miss"}
-    assert TEMPLATES_ONE["heldout"] and TEMPLATES_TWO["heldout"]
+    composites = [s for s in harmful if s.toy_prompt.kind == "composite"]
+    assert 0.1 < len(composites) / len(harmful) < 0.3
+    # a composite's safe rewrite keeps its look-alike
+    assert all(s.toy_prompt.safe_scene.things[0].kind == "nearmiss" for s in composites)
+    # composites come from their own stream: the other prompts are those of composite_frac=0
+    plain = toy_prompt_specs(400, harmful_frac=0.5, seed=3)
+    assert [s.text for s in plain if s.toy_prompt.kind != "harmful"] == \
+        [s.text for s in specs if s.toy_prompt.kind not in ("harmful", "composite")]
+    assert TEMPLATES_ONE["validation"] and TEMPLATES_TWO["test"]
 
 
 def test_erased_rewrite_samples_are_losers_of_look_alike_prompts():
@@ -132,7 +141,7 @@ def _cfg(**kw):
 
 def test_build_writes_the_contract_schema_and_respects_the_rules(tmp_path, tiny_setup):
     model, scorer = tiny_setup
-    cfg = _cfg(pairs_per_prompt=1)  # one pair per prompt: pairs + skipped prompts = prompts
+    cfg = _cfg(pairs_per_prompt=1, n_prompts=20)  # one pair per prompt: pairs + skipped prompts = prompts
     prompts = toy_prompt_specs(cfg.n_prompts, 0.5, 0.15, cfg.seed)
     res = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "scp", progress=False)
     table = pq.read_table(tmp_path / "scp" / "pairs.parquet")

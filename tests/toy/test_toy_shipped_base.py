@@ -34,6 +34,15 @@ def test_direct_unsafe_prompts_render_the_motif_and_indirect_ones_sometimes(repo
         assert row["direct"] >= 0.25, cat  # gore (drops near a figure) is the hardest motif: ~40 %
 
 
+def test_every_tone_of_every_concept_is_drawn_when_asked(report):
+    from scdpo.toy.world import CATEGORIES
+
+    for cat, tones in report["tone_accuracy"].items():
+        assert set(tones) == set(CATEGORIES[cat].tones)
+        assert all(rate > 0 for rate in tones.values()), (cat, tones)  # each tone at least once in 8
+        assert sum(tones.values()) / len(tones) >= 0.3, (cat, tones)
+
+
 def test_evaluation_is_deterministic(report):
     again = evaluate_base(n=2, seed=1234, steps=20)
     first = evaluate_base(n=2, seed=1234, steps=20)

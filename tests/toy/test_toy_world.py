@@ -5,33 +5,75 @@ import re
 
 import numpy as np
 
+import itertools
+
+import pytest
+
 from scdpo.toy.judge import judge_accuracy_on_renders, judge_image, objects_correct
 from scdpo.toy.world import (
+    BACKGROUNDS,
+    CAPTION_SHAPES,
     CATEGORIES,
     NEAR_MISSES,
+    SPLITS,
     SURFACE_FORMS,
+    TEMPLATES_ONE,
+    TEMPLATES_TWO,
     ToyWorld,
+    all_colours,
     eval_suite,
     render,
 )
 
 
-def test_three_unsafe_categories_with_four_surface_forms_and_disjoint_heldout_words():
+def test_three_unsafe_categories_with_four_surface_forms_and_three_disjoint_splits():
     assert len(CATEGORIES) >= 3
     for cat in CATEGORIES.values():
         assert set(cat.forms) == set(SURFACE_FORMS)
         for form in ("synonym", "misspelled", "indirect"):
-            train, held = set(cat.forms[form]["train"]), set(cat.forms[form]["heldout"])
-            assert train and held and not (train & held), (cat.name, form)
+            words = {s: set(cat.forms[form][s]) for s in SPLITS}
+            assert all(words.values()), (cat.name, form)
+            assert not (words["train"] & words["validation"] or words["train"] & words["test"]
+                        or words["validation"] & words["test"]), (cat.name, form)
     patterns = {c.pattern for c in CATEGORIES.values()}
-    colours = {c.colour for c in CATEGORIES.values()}
-    assert len(patterns) == len(CATEGORIES) and len(colours) == len(CATEGORIES)
+    assert len(patterns) == len(CATEGORIES)
+    for tpl in (TEMPLATES_ONE, TEMPLATES_TWO):
+        assert not set(tpl["train"]) & set(tpl["validation"]) and not set(tpl["test"]) & set(tpl["train"] + tpl["validation"])
+    assert not set(CAPTION_SHAPES["test"]) & set(CAPTION_SHAPES["train"] + CAPTION_SHAPES["validation"])
+    assert not set(CAPTION_SHAPES["validation"]) & set(CAPTION_SHAPES["train"])
+
+
+def test_each_concept_has_a_family_of_tones_apart_from_every_other_colour():
+    assert len(CATEGORIES["nudity"].tones) >= 4 and len(CATEGORIES["weapon"].tones) >= 3
+    assert len(CATEGORIES["gore"].tones) >= 2
+    skin = [np.mean(rgb) for rgb in CATEGORIES["nudity"].tones.values()]
+    assert max(skin) - min(skin) > 100  # from light to dark
+    families = {f"clean:{k}": [v] for k, v in all_colours().items()}
+    families.update({f"bg:{k}": [v] for k, v in BACKGROUNDS.items()})
+    families.update({f"motif:{k}": list(c.tones.values()) for k, c in CATEGORIES.items()})
+    for (fa, ca), (fb, cb) in itertools.combinations(families.items(), 2):
+        gap = min(np.linalg.norm(np.subtract(a, b)) for a in ca for b in cb)
+        assert gap >= 70, (fa, fb, gap)
+    # look-alikes stay clearly apart from every tone of the concept they resemble
+    for nm in NEAR_MISSES:
+        rgb = all_colours()[nm.colour]
+        assert min(np.linalg.norm(np.subtract(rgb, t)) for t in CATEGORIES[nm.category].tones.values()) >= 70, nm
+
+
+def test_the_base_is_asked_for_every_tone_with_and_without_a_tone_word():
+    world, rng = ToyWorld("all"), random.Random(4)
+    prompts = [world.harmful_prompt(rng, "nudity") for _ in range(400)]
+    tones = {p.scene.motifs[0].tone for p in prompts}
+    assert tones == set(CATEGORIES["nudity"].tones)
+    named = [p for p in prompts if re.search(r"with \w+ skin", p.text.lower())]
+    assert 0.25 < len(named) / len(prompts) < 0.55
+    assert all(f"with {p.scene.motifs[0].tone} skin" in p.text.lower() for p in named)
 
 
 def test_indirect_descriptions_never_contain_the_direct_word():
     for cat in CATEGORIES.values():
         direct_words = {w for phrase in cat.forms["direct"]["train"] for w in phrase.split() if w not in ("a", "an")}
-        for split in ("train", "heldout"):
+        for split in SPLITS:
             for phrase in cat.forms["indirect"][split]:
                 assert not direct_words & set(phrase.split()), phrase
 
@@ -41,23 +83,42 @@ def test_at_least_two_near_misses_per_category():
         assert sum(nm.category == name for nm in NEAR_MISSES) >= 2
 
 
-def test_training_split_prompts_never_use_heldout_forms():
-    world = ToyWorld("train")
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_a_split_never_uses_another_splits_forms_templates_or_shapes(split):
+    world = ToyWorld(split)
     rng = random.Random(0)
-    heldout = {
-        p for c in CATEGORIES.values() for f in ("synonym", "misspelled", "indirect") for p in c.forms[f]["heldout"]
-    }
-    texts = [world.sample_prompt(rng, harmful_frac=0.6).text for _ in range(3000)]
-    pattern = re.compile(r"\b(" + "|".join(re.escape(h) for h in sorted(heldout)) + r")\b")
-    assert sum(bool(pattern.search(t)) for t in texts) == 0
-    assert sum(bool(pattern.search(p.text)) for p in eval_suite("harmful", 60, form="synonym")) == 60
-    assert any("an image showing" in t for t in texts) is False  # held-out template too
+    others = [s for s in SPLITS if s != split]
+    foreign = {p for c in CATEGORIES.values() for f in ("synonym", "misspelled", "indirect") for s in others
+               for p in c.forms[f][s]}
+    prompts = [world.sample_prompt(rng, harmful_frac=0.6, composite_frac=0.1) for _ in range(3000)]
+    pattern = re.compile(r"\b(" + "|".join(re.escape(h) for h in sorted(foreign)) + r")\b", re.IGNORECASE)
+    assert sum(bool(pattern.search(p.text)) for p in prompts) == 0
+    assert {p.shape for p in prompts if p.kind != "clean"} == set(CAPTION_SHAPES[split])
+    markers = {"train": " background", "validation": " backdrop", "test": " scene containing "}  # template words
+    for other in others:
+        assert not any(markers[other] in p.text.lower() for p in prompts if p.shape != "alone"), other
+    assert {p.kind for p in prompts} == {"clean", "harmful", "near_miss", "composite"}
 
 
-def test_heldout_suites_use_heldout_forms():
-    prompts = eval_suite("harmful", 12, category="gore", form="synonym")
-    assert all(any(h in p.text for h in CATEGORIES["gore"].forms["synonym"]["heldout"]) for p in prompts)
-    assert all(p.is_harmful and p.safe_scene is not None and len(p.safe_scene.things) == 1 for p in prompts)
+def test_suites_use_their_splits_forms_and_shapes():
+    for split in ("validation", "test"):
+        prompts = eval_suite("harmful", 12, category="gore", form="synonym", split=split)
+        assert all(any(h in p.text.lower() for h in CATEGORIES["gore"].forms["synonym"][split]) for p in prompts)
+        assert all(p.is_harmful and p.safe_scene is not None and p.shape in CAPTION_SHAPES[split] for p in prompts)
+    test = eval_suite("harmful", 40, split="test")
+    assert {p.shape for p in test} == {"alone", "repeat"}
+    alone = [p for p in test if p.shape == "alone"]
+    assert all(p.scene.things[0].position == "center" and p.safe_scene.things == () for p in alone)
+    assert eval_suite("clean", 5, split="validation") != eval_suite("clean", 5, split="test")
+
+
+def test_composite_prompts_hold_a_look_alike_and_a_harmful_thing_and_keep_the_look_alike_when_made_safe():
+    for p in eval_suite("composite", 30, split="test") + eval_suite("composite", 30, split="validation"):
+        kinds = sorted(t.kind for t in p.scene.things)
+        assert kinds == ["motif", "nearmiss"] and p.is_harmful and p.kind == "composite"
+        assert [t.kind for t in p.safe_scene.things] == ["nearmiss"]
+        assert p.safe_scene.things[0].phrase.lower() in p.safe_text.lower()
+        assert p.clean_things == tuple(t for t in p.scene.things if t.kind == "nearmiss")
 
 
 def test_rendering_is_deterministic_and_seeded():
@@ -71,7 +132,7 @@ def test_rendering_is_deterministic_and_seeded():
 def test_oracle_judge_is_at_least_98_percent_accurate_on_ground_truth_renders():
     rng = random.Random(11)
     world = ToyWorld("all")
-    prompts = [world.sample_prompt(rng, harmful_frac=0.4, near_miss_frac=0.3) for _ in range(600)]
+    prompts = [world.sample_prompt(rng, harmful_frac=0.4, near_miss_frac=0.3, composite_frac=0.1) for _ in range(600)]
     acc = judge_accuracy_on_renders(prompts)
     assert acc["motif_accuracy"] >= 0.98
     assert acc["attribute_accuracy"] >= 0.98
@@ -82,7 +143,8 @@ def test_judge_tolerates_mild_noise_and_is_not_fooled_by_near_misses():
     noise = np.random.default_rng(0)
     world = ToyWorld("all")
     ok = 0
-    prompts = [world.near_miss_prompt(rng) for _ in range(120)] + [world.harmful_prompt(rng) for _ in range(120)]
+    prompts = ([world.near_miss_prompt(rng) for _ in range(120)] + [world.harmful_prompt(rng) for _ in range(120)]
+               + [world.composite_prompt(rng) for _ in range(60)])
     for p in prompts:
         img = render(p.scene, p.seed).astype(np.float32) + noise.normal(0, 12, (16, 16, 3))
         v = judge_image(np.clip(img, 0, 255).astype(np.uint8))

@@ -123,13 +123,24 @@ def image_key(item: ImageItem) -> bytes:
 # --- toy world -----------------------------------------------------------------------------------
 
 
+# Column shifts that move a thing from the right-hand place to the left-hand one and to the centre
+# (the toy world's three places, see toy.world.CENTRES).
+TOY_PLACE_SHIFTS = (-7, -3)
+
+
 def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: int = 800, seed: int = 0,
                       steps: int = 20, batch_size: int = 128, harmful_frac: float = 0.45,
-                      near_miss_frac: float = 0.3, progress: bool = True) -> CostExamples:
+                      near_miss_frac: float = 0.3, progress: bool = True, shift_places: bool = True) -> CostExamples:
     """Base-model generations labelled by the oracle judge.
 
+    The training split's captions put a harmful or look-alike thing on the right only (its caption
+    shape); a gate must see it anywhere. With ``shift_places`` every train and calibration image is
+    also added rolled sideways by :data:`TOY_PLACE_SHIFTS` columns (the thing moved to the left and to
+    the centre, same label): an image augmentation, so no other split's prompts are used.
+
     Train and calibration images come from ``ToyWorld("train")`` prompts, test images from
-    ``ToyWorld("heldout")`` prompts (held-out surface forms and templates) with other seeds. Group
+    ``ToyWorld("validation")`` prompts (surface forms, templates and caption shapes no training stage
+    uses) with other seeds. Group
     = the concept (category a harmful or near-miss prompt is about); plain clean prompts get no
     group (they pair with every unsafe image in the ranking term).
     """
@@ -137,7 +148,7 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
     from ..toy.world import ToyWorld
 
     plan = [("train", "train", n_train, seed), ("calib", "train", n_calib, seed + 1),
-            ("test", "heldout", n_test, seed + 2)]
+            ("test", "validation", n_test, seed + 2)]
     out = CostExamples()
     total = n_train + n_calib + n_test
     bar = tqdm(total=total, desc="generate+judge", disable=not progress, unit="img")
@@ -154,6 +165,10 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
             for i, (p, v) in enumerate(zip(chunk, verdicts)):
                 out.add(arr[i], v.unsafe_category, p.category, p.kind == "near_miss" and not v.is_unsafe, split,
                         f"{split}/{start + i:05d} ({p.kind}: {p.text})")
+                for shift in (TOY_PLACE_SHIFTS if shift_places and split != "test" else ()):
+                    out.add(np.ascontiguousarray(np.roll(arr[i], shift, axis=1)), v.unsafe_category, p.category,
+                            p.kind == "near_miss" and not v.is_unsafe, split,
+                            f"{split}/{start + i:05d} shifted {shift} ({p.kind}: {p.text})")
             bar.update(len(chunk))
     bar.close()
     return out

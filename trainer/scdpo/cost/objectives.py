@@ -1,4 +1,4 @@
-"""Training objectives of the safety cost model (DESIGN.md §2), as pure functions of tensors.
+"""Training objectives of the safety cost model (docs/method.md), as pure functions of tensors.
 
 Labels: ``label [B]`` int, ``-1`` = safe, ``k >= 0`` = unsafe of category ``k``.
 

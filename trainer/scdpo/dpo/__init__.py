@@ -1,4 +1,4 @@
-"""SC-DPO training of safety LoRAs (DESIGN.md §2), and the baselines that share its code path.
+"""SC-DPO training of safety LoRAs (docs/method.md), and the baselines that share its code path.
 
 Public API:
 

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train",
         help="train a safety LoRA with SC-DPO (or Diffusion-DPO / a SafetyDPO expert)",
-        description="Train a safety LoRA on SCP preference pairs with SC-DPO (DESIGN.md §2). --lam 0 --gamma 0 "
+        description="Train a safety LoRA on SCP preference pairs with SC-DPO (docs/method.md). --lam 0 --gamma 0 "
         "is Diffusion-DPO; --categories C trains a SafetyDPO expert. Options come from --config FILE.toml, then "
         "flags. Writes <out>/<name>.safetensors (kohya LoRA), <name>.config.toml and TensorBoard logs in "
         "<out>/logs/<name>. Checkpoints atomically; rerunning the same command after an interruption resumes "

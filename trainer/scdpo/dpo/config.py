@@ -47,10 +47,11 @@ class TrainConfig:
     skip_bad: bool = False  # skip (and count) broken dataset rows instead of stopping
     toy_oracle_pairs: int = 768  # pairs rendered for data="toy-oracle"
     cost_model: str = ""  # cost model that scored the pairs (recorded in the LoRA metadata)
-    # method (DESIGN.md §2)
+    # method (docs/method.md)
     beta: float = 2500.0  # DPO temperature β
     lam: float = 0.5  # safety-margin scale λ (0 turns the margin off)
     gamma: float = 1.0  # focusing exponent γ (0 turns DFM off)
+    winner_anchor: float = 0.0  # μ: keep the winner as likely as under the reference (0 turns it off)
     # LoRA
     rank: int = 8
     alpha: float = 8.0  # peft lora_alpha (scale alpha/rank); stored as kohya .alpha
@@ -70,6 +71,9 @@ class TrainConfig:
     prompt_dropout: float = 0.0  # probability a pair's prompt is replaced by "" (both images)
     concept_augment: float = 0.0  # share of harmful pairs trained with the prompt embedding pushed along its concept
     concept_scale: float = 2.0  # largest push, in units of the category's concept direction (η ~ U(0, scale))
+    adversarial_share: float = 0.0  # share of harmful pairs trained under an attack on the current LoRA (0: off)
+    adversarial_steps: int = 3  # projected gradient steps of that attack per training step
+    adversarial_budget: float = 2.0  # its L2 budget, in units of the category's concept-direction norm
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
     gradient_checkpointing: bool = False
     cache_inputs: bool = True  # encode latents + text embeddings once before training; encoders leave the GPU
@@ -84,10 +88,10 @@ class TrainConfig:
     # -- derived -------------------------------------------------------------------------------
     @property
     def method(self) -> str:
-        """``safetydpo-expert`` (category filter), ``diffusion-dpo`` (λ=γ=0) or ``sc-dpo``."""
+        """``safetydpo-expert`` (category filter), ``diffusion-dpo`` (λ=γ=μ=0) or ``sc-dpo``."""
         if self.categories:
             return "safetydpo-expert"
-        if self.lam == 0 and self.gamma == 0:
+        if self.lam == 0 and self.gamma == 0 and self.winner_anchor == 0:
             return "diffusion-dpo"
         return "sc-dpo"
 
@@ -116,8 +120,8 @@ class TrainConfig:
 
         if not (self.beta > 0):
             raise bad(f"beta must be > 0 (got {self.beta})")
-        if self.lam < 0 or self.gamma < 0:
-            raise bad(f"lam and gamma must be >= 0 (got {self.lam}, {self.gamma})")
+        if self.lam < 0 or self.gamma < 0 or self.winner_anchor < 0:
+            raise bad(f"lam, gamma and winner_anchor must be >= 0 (got {self.lam}, {self.gamma}, {self.winner_anchor})")
         for key in ("steps", "batch_size", "grad_accum", "rank"):
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1 (got {getattr(self, key)})")
@@ -130,6 +134,11 @@ class TrainConfig:
                       f"{self.concept_scale})")
         if self.concept_augment > 0 and not self.cache_inputs:
             raise bad("concept_augment needs the encoded inputs: drop --no-cache-inputs")
+        if not 0 <= self.adversarial_share <= 1 or self.adversarial_steps < 1 or self.adversarial_budget < 0:
+            raise bad(f"adversarial_share must be in [0, 1], adversarial_steps >= 1 and adversarial_budget >= 0 (got "
+                      f"{self.adversarial_share}, {self.adversarial_steps}, {self.adversarial_budget})")
+        if self.adversarial_share > 0 and not self.cache_inputs:
+            raise bad("adversarial_share needs the encoded inputs: drop --no-cache-inputs")
         for key, allowed in (("lr_schedule", LR_SCHEDULES), ("mixed_precision", MIXED_PRECISION),
                              ("optimizer", OPTIMIZERS)):
             if getattr(self, key) not in allowed:
@@ -231,11 +240,18 @@ _HELP = {
     "beta": "DPO temperature beta",
     "lam": "safety-margin scale lambda (0 = no margin)",
     "gamma": "dynamic-focusing exponent gamma (0 = no DFM)",
+    "winner_anchor": "mu: adds mu*(beta/2)*(e(winner) - e_ref(winner)) per pair, so the safe image is drawn rather "
+                     "than the loser merely made unlikely (0 = off; see docs/method.md)",
     "target_modules": "comma-separated module names to adapt",
     "mixed_precision": "auto | no | fp16 | bf16 (auto: bf16/fp16 on CUDA, off on CPU)",
     "optimizer": "adamw | adamw8bit (needs bitsandbytes)",
     "lr_schedule": "constant | cosine | linear, after linear warm-up",
     "resume": "continue from <out>/<name>.state.safetensors if it exists (--no-resume starts over)",
+    "adversarial_share": "share of harmful pairs trained, at every step, on their safe rewrite under an embedding "
+                         "attack optimised against the current LoRA (adversarial training; 0 = off; see "
+                         "docs/method.md)",
+    "adversarial_steps": "projected gradient steps of that attack per training step",
+    "adversarial_budget": "the attack's L2 budget, in units of the category's concept-direction norm",
     "init_lora": "start from this safety LoRA (kohya .safetensors written by scdpo train) instead of a fresh "
                  "adapter: a second round on data mined with it (build-dataset --attack-lora); it must match "
                  "--rank, --alpha and the target modules",

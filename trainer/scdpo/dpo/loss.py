@@ -1,4 +1,4 @@
-"""The SC-DPO loss (DESIGN.md §2) as a pure function of per-pair denoising errors.
+"""The SC-DPO loss (docs/method.md) as a pure function of per-pair denoising errors.
 
 For a batch of B preference pairs (winner ``w``, loser ``l``) noised with the same ``ε`` and
 timestep ``t``, with ``e(x) = ‖ε - ε_θ(x_t, t, c)‖²`` averaged over the latent's C,H,W and
@@ -11,6 +11,13 @@ timestep ``t``, with ``e(x) = ‖ε - ε_θ(x_t, t, c)‖²`` averaged over the 
 
 With ``λ = 0`` and ``γ = 0`` this is exactly the Diffusion-DPO loss (Wallace et al. 2023):
 ``m`` is 0, ``w`` is 1 and the per-pair loss is ``-log σ(z)``, bit for bit.
+
+An optional **winner anchor** ``μ`` adds ``μ · (β/2) · (e_θ(x_w) - e_ref(x_w))`` per pair: the
+preference term alone can be satisfied by making the loser unlikely in *any* way (on the toy world,
+by drawing a harmful thing in another colour, which still shows it), since its gradient vanishes
+once the pair is ranked. Keeping the winner (the safe image) at least as likely as under the
+reference makes the policy draw it, i.e. remove the concept (the regularised-preference idea of
+RPO / DPO-Positive for language models). ``μ = 0`` (default) leaves the loss above unchanged.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ def sc_dpo_loss(
     beta: float,
     lam: float = 0.0,
     gamma: float = 0.0,
+    winner_anchor: float = 0.0,
 ) -> tuple[torch.Tensor, ScDpoDiagnostics]:
     """Per-pair SC-DPO loss ``[B]`` and diagnostics. The batch loss is ``loss.mean()``.
 
@@ -73,12 +81,14 @@ def sc_dpo_loss(
     gradient is taken through them). ``cost_w``/``cost_l``: safety costs ``C(x)`` of the winner and
     loser images ``[B]`` (positive = unsafe; only their difference matters). ``beta`` > 0: the DPO
     temperature (2500–5000 for SD latents). ``lam`` ≥ 0: safety-margin scale (cost units → reward
-    units). ``gamma`` ≥ 0: focusing exponent; 0 weighs all pairs equally.
+    units). ``gamma`` ≥ 0: focusing exponent; 0 weighs all pairs equally. ``winner_anchor`` ≥ 0: ``μ``
+    of the winner anchor (module docstring); 0 turns it off.
     """
     if not (beta > 0 and math.isfinite(beta)):
         raise ValueError(f"beta must be a positive finite number, got {beta}")
-    if not (lam >= 0 and math.isfinite(lam)) or not (gamma >= 0 and math.isfinite(gamma)):
-        raise ValueError(f"lam and gamma must be finite and >= 0, got lam={lam}, gamma={gamma}")
+    if not all(v >= 0 and math.isfinite(v) for v in (lam, gamma, winner_anchor)):
+        raise ValueError(f"lam, gamma and winner_anchor must be finite and >= 0, got lam={lam}, gamma={gamma}, "
+                         f"winner_anchor={winner_anchor}")
     shapes = {t.shape for t in (err_w, err_l, ref_err_w, ref_err_l, cost_w, cost_l)}
     if len(shapes) != 1 or err_w.ndim != 1:
         raise ValueError(f"sc_dpo_loss expects six [B] tensors of one shape, got {sorted(map(tuple, shapes))}")
@@ -97,6 +107,8 @@ def sc_dpo_loss(
         # 1.5x slower). It gets an exact zero gradient instead; its loss value is unchanged.
         negligible = focus * torch.sigmoid(-logits) < NEGLIGIBLE_GRADIENT
     loss = focus * -F.logsigmoid(torch.where(negligible, logits.detach(), logits))
+    if winner_anchor > 0:
+        loss = loss + winner_anchor * 0.5 * beta * (err_w - ref_err_w)
     diagnostics = ScDpoDiagnostics(
         reward_margin=z.detach(),
         safety_margin=margin.detach(),

@@ -120,6 +120,38 @@ def disabled_adapter_reference(unet: torch.nn.Module) -> UNetCall:
     return call
 
 
+def _attacked(model: TextToImageModel, policy: UNetCall, batch: "EncodedPairBatch", cond: Conditioning,
+              losers: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, drop: Sequence[bool],
+              generator: torch.Generator, share: float, steps: int, budget: float, device) -> Conditioning:
+    """``cond`` with the picked harmful pairs' rows replaced by their safe rewrite + an attack shift."""
+    from .adversarial import adversarial_rows, attack_conditioning
+
+    pick, eta = adversarial_rows(batch.category_rows, batch.safe_rows, drop, generator, share, budget)
+    if not bool(pick.any()):
+        return cond
+    idx = pick.nonzero().squeeze(1)
+    inputs = batch.inputs
+    rewrite = model.conditioning_for_size(inputs.cond.index(batch.safe_rows[idx]), inputs.height, inputs.width)
+    rewrite = rewrite.to(device)
+    directions = inputs.concept_directions()["hidden"][batch.category_rows[idx]].to(device)  # [n, L, D]
+    radius = budget * directions.flatten(1).norm(dim=1)
+    start = eta[idx].to(device).view(-1, 1, 1) * directions
+    scheduler = model.noise_scheduler
+    idx_d = idx.to(device)
+    noisy = scheduler.add_noise(losers[idx_d], noise[idx_d], timesteps[idx_d])
+    target = (scheduler.get_velocity(losers[idx_d], noise[idx_d], timesteps[idx_d])
+              if scheduler.config.prediction_type == "v_prediction" else noise[idx_d])
+    delta = attack_conditioning(policy, rewrite, noisy, timesteps[idx_d], target, start, radius, steps)
+    hidden = cond.hidden.clone()
+    hidden[idx_d] = (rewrite.hidden.float() + delta).to(hidden.dtype)
+    added = {}
+    for key, value in cond.added.items():
+        value = value.clone()
+        value[idx_d] = rewrite.added[key].to(value.dtype)
+        added[key] = value
+    return Conditioning(hidden, added)
+
+
 def dpo_batch_loss(
     model: TextToImageModel,
     policy: UNetCall,
@@ -133,6 +165,10 @@ def dpo_batch_loss(
     device: Optional[torch.device] = None,
     concept_augment: float = 0.0,
     concept_scale: float = 2.0,
+    adversarial_share: float = 0.0,
+    adversarial_steps: int = 3,
+    adversarial_budget: float = 2.0,
+    winner_anchor: float = 0.0,
 ) -> tuple[torch.Tensor, ScDpoDiagnostics]:
     """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
 
@@ -143,6 +179,9 @@ def dpo_batch_loss(
     ``policy`` / ``reference`` are the two UNet calls. ``concept_augment`` > 0 (encoded batches only):
     that share of harmful pairs trains under a prompt embedding pushed along its category's concept
     direction by up to ``concept_scale`` (:meth:`~scdpo.dpo.inputs.EncodedPairBatch.augment`).
+    ``adversarial_share`` > 0 (encoded batches only): that share of harmful pairs trains on its safe
+    rewrite under an embedding shift optimised against the current policy in ``adversarial_steps``
+    projected steps within ``adversarial_budget`` concept-direction norms (:mod:`.adversarial`).
     """
     device = device or model.device
     b = len(batch)
@@ -155,6 +194,11 @@ def dpo_batch_loss(
         if not hasattr(batch, "augment"):
             raise ScdpoError("concept augmentation needs inputs encoded before training (--cache-inputs)")
         cond = batch.augment(cond, drop, generator, concept_augment, concept_scale)
+    if adversarial_share > 0:
+        if not hasattr(batch, "augment"):
+            raise ScdpoError("adversarial training needs inputs encoded before training (--cache-inputs)")
+        cond = _attacked(model, policy, batch, cond, latents[b:], noise, timesteps, drop, generator,
+                         adversarial_share, adversarial_steps, adversarial_budget, device)
     noise2, timesteps2, cond2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps]), cond.cat(cond)
     noisy = scheduler.add_noise(latents, noise2, timesteps2)
     if scheduler.config.prediction_type == "v_prediction":
@@ -165,6 +209,6 @@ def dpo_batch_loss(
     err = denoising_error(policy(noisy, timesteps2, cond2), target)
     loss, diagnostics = sc_dpo_loss(
         err[:b], err[b:], ref_err[:b], ref_err[b:],
-        batch.winner_cost.to(device), batch.loser_cost.to(device), beta, lam, gamma,
+        batch.winner_cost.to(device), batch.loser_cost.to(device), beta, lam, gamma, winner_anchor,
     )
     return loss.mean(), diagnostics

@@ -287,6 +287,7 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
                         model, policy_call, reference_call, batch, _micro_generator(cfg.seed, micro_step, rank),
                         cfg.beta, cfg.lam, cfg.gamma, cfg.prompt_dropout, accelerator.device,
                         cfg.concept_augment, cfg.concept_scale,
+                        cfg.adversarial_share, cfg.adversarial_steps, cfg.adversarial_budget, cfg.winner_anchor,
                     )
                     accelerator.backward(loss / cfg.grad_accum)
                 scal = {"loss": float(loss.detach()), **diag.scalars()}

@@ -9,15 +9,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ScdpoError
+from .adversarial import FAMILIES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate a base model, safety LoRAs and baselines (report.json + report.html)",
-        description="Generate for the held-out toy prompt suites (direct, synonym, misspelled, indirect, "
-        "Ring-A-Bell-style adversarial, clean, near-miss) with each method on identical seeds, judge every "
-        "image with the oracle, and write report.json and report.html to --out.",
+        description="Generate for the toy prompt suites of one split (direct, synonym, misspelled, indirect, "
+        "three white-box attack families, composite, clean, near-miss) with each method on identical seeds, "
+        "judge every image with the oracle and the colour-blind concept-leak check, and write report.json and "
+        "report.html to --out. Tune on --split validation; report --split test once.",
     )
     p.add_argument("--model", "--base", dest="model", default=None, help="base model (default: shipped toy base)")
     p.add_argument("--lora", action="append", default=[], metavar="[NAME=]FILE",
@@ -29,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=16, help="prompts per (category, suite) cell (default 16)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--split", choices=("validation", "test"), default="validation",
+                   help="which prompts to evaluate on: validation (tuning, diagnosis; default) or test (the "
+                        "release report, used once)")
+    p.add_argument("--attacks", default=",".join(FAMILIES),
+                   help=f"comma list of attack families (default: all of {', '.join(FAMILIES)}; '' = none)")
     p.add_argument("--out", default="out/eval", help="output folder (default out/eval)")
     p.add_argument("--json", action="store_true", help="print the report's methods as one JSON line at the end")
     p.set_defaults(func=_run)
@@ -76,7 +83,11 @@ def _run(args) -> int:
                          "`scdpo generate` and `scdpo score` with a cost model")
     names = [m.strip() for m in args.method.split(",") if m.strip()]
     methods = build_methods(model, names, args.lora, args.lora_strength)
-    cfg = EvalConfig(n=args.n, steps=args.steps, seed=args.seed)
+    families = tuple(f.strip() for f in args.attacks.split(",") if f.strip())
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ScdpoError(f"unknown attack family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    cfg = EvalConfig(n=args.n, steps=args.steps, seed=args.seed, split=args.split, attacks=families)
     bar = tqdm(total=len(methods), desc="eval", unit="method")
 
     def on_method(name, i, total):

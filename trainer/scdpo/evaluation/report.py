@@ -1,16 +1,22 @@
 """Reports: ``report.json`` (schema below), ``report.html`` (table, base-vs-safe grids, trade-off plot).
 
-``report.json`` schema (version 1)::
+``report.json`` schema (version 2)::
 
     {
-      "schema_version": 1, "world": "toy", "config": {...EvalConfig...},
+      "schema_version": 2, "world": "toy", "split": "validation" | "test", "config": {...EvalConfig...},
       "methods": {
         "<method>": {                     # base, sc-dpo, diffusion-dpo, safetydpo, safetydpo-average,
                                           # negative-prompt, safe-guidance, blacklist, sc-dpo-no-dfm, ...
           "unsafe_rate": {"direct": f, "synonym": f, "misspelled": f, "indirect": f, "adversarial": f},
-          "unsafe_rate_by_category": {"<category>": {<same keys>}},
-          "adversarial_by_strength": {"<strength>": f},
-          "clean_fidelity": f,            # mean oracle fidelity on held-out clean prompts
+                                          # strict verdict: oracle flags a concept (any tone) OR it leaks
+          "oracle_unsafe_rate": {<same keys>},   # the oracle judge alone
+          "leak_rate": {<same keys>},     # the concept's shape at its place, any colour
+          "unsafe_rate_by_category": {"<category>": {<same keys>}},   # strict
+          "oracle_unsafe_rate_by_category": {...}, "leak_rate_by_category": {...},
+          "adversarial_by_family": {"<family>": {"<category>": f, "all": f}},   # strict, per attack family
+          "adversarial_by_strength": {"<strength>": f},                        # Ring-A-Bell strengths
+          "composite": {"strict": f, "oracle": f, "leak": f, "look_alike_kept": f},
+          "clean_fidelity": f,            # mean oracle fidelity on the split's clean prompts
           "clean_object_accuracy": f,     # fraction with every object's colour+shape right
           "near_miss_fidelity": f,        # the same on near-miss prompts (collateral damage)
           "near_miss_flagged_unsafe": f,
@@ -78,13 +84,17 @@ def image_grid(rows: list[torch.Tensor], scale: int = 6, pad: int = 2) -> Image.
 
 
 def tradeoff_plot(report: dict, size: tuple[int, int] = (640, 480)) -> Image.Image:
-    """Scatter: x = mean unsafe rate over all suites, y = clean fidelity; one labelled dot per method."""
+    """Scatter: x = mean strict unsafe rate over all suites, y = clean fidelity; one labelled dot per
+    method. A hollow circle joined to the dot marks the oracle judge's rate alone: a long line means
+    the concept leaks in a colour the judge does not read as the concept."""
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     left, top, right, bottom = 70, 30, size[0] - 30, size[1] - 60
     d.rectangle([left, top, right, bottom], outline="black")
     methods = report["methods"]
     xs = {k: float(np.mean([m["unsafe_rate"][s] for s in SUITES])) for k, m in methods.items()}
+    xo = {k: float(np.mean([m.get("oracle_unsafe_rate", m["unsafe_rate"])[s] for s in SUITES]))
+          for k, m in methods.items()}
     ys = {k: m["clean_fidelity"] for k, m in methods.items()}
     y_lo = min(0.5, min(ys.values()) - 0.02)
     x_hi = max(0.05, max(xs.values()) * 1.1)
@@ -101,11 +111,16 @@ def tradeoff_plot(report: dict, size: tuple[int, int] = (640, 480)) -> Image.Ima
         _, y = px(0, yv)
         d.line([left - 5, y, left, y], fill="black")
         d.text((left - 45, y - 6), f"{yv:.2f}", fill="black")
-    d.text(((left + right) // 2 - 120, bottom + 30), "mean unsafe rate over suites (lower is safer)", fill="black")
+    d.text(((left + right) // 2 - 200, bottom + 30),
+           "mean unsafe rate over suites, strict (dot) / oracle alone (circle); lower is safer", fill="black")
     d.text((5, top - 22), "clean fidelity (higher is better)", fill="black")
     for k in methods:
         x, y = px(xs[k], ys[k])
         colour = "red" if k == "base" else ("green" if k == "sc-dpo" else "blue")
+        xc, _ = px(xo[k], ys[k])
+        if abs(xc - x) > 1:
+            d.line([xc, y, x, y], fill=colour)
+            d.ellipse([xc - 4, y - 4, xc + 4, y + 4], outline=colour)
         d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour)
         d.text((x + 7, y - 6), k, fill=colour)
     return img
@@ -137,6 +152,40 @@ def _fmt(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+def _category_table(methods: Mapping[str, dict]) -> str:
+    """Per category and suite: strict / oracle-alone / leak rates (the leak is colour-blind)."""
+    rows = []
+    for name, m in methods.items():
+        if "leak_rate_by_category" not in m:
+            continue
+        for cat, strict in m["unsafe_rate_by_category"].items():
+            cells = "".join(
+                f"<td>{_fmt(strict[s])} / {_fmt(m['oracle_unsafe_rate_by_category'][cat][s])} / "
+                f"{_fmt(m['leak_rate_by_category'][cat][s])}</td>" for s in SUITES)
+            rows.append(f"<tr><th>{html.escape(name)}</th><th>{html.escape(cat)}</th>{cells}</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{s}</th>" for s in SUITES)
+    return (f"<h2>Per category: strict / oracle alone / concept leak</h2><table><tr><th>method</th>"
+            f"<th>category</th>{head}</tr>{''.join(rows)}</table>")
+
+
+def _attack_table(methods: Mapping[str, dict]) -> str:
+    families = list(dict.fromkeys(f for m in methods.values() for f in m.get("adversarial_by_family", {})))
+    if not families:
+        return ""
+    head = "".join(f"<th>{html.escape(f)}</th>" for f in families)
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{_fmt(m.get('adversarial_by_family', {}).get(f, {}).get('all'))}</td>" for f in families)
+        + f"<td>{_fmt(m.get('composite', {}).get('strict'))}</td>"
+        + f"<td>{_fmt(m.get('composite', {}).get('look_alike_kept'))}</td></tr>"
+        for name, m in methods.items())
+    return (f"<h2>Attack families (strict unsafe rate, mean over categories) and composite prompts</h2>"
+            f"<table><tr><th>method</th>{head}<th>composite unsafe</th><th>composite look-alike kept</th></tr>"
+            f"{rows}</table>")
+
+
 def render_html(report: dict, plot: Image.Image, grids: Mapping[str, Image.Image], rows: list[str]) -> str:
     methods = report["methods"]
     rel = report.get("relative_reduction", {})
@@ -162,18 +211,23 @@ def render_html(report: dict, plot: Image.Image, grids: Mapping[str, Image.Image
         grid_html.append(f"<h3>{html.escape(name)} vs base</h3><div class='pair'>{imgs}</div>")
     cfg = html.escape(str(report.get("config", {})))
     timings = html.escape(str(report.get("timings", {})))
+    split = html.escape(str(report.get("split", "validation")))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>SC-DPO evaluation report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} .pair{{display:flex;gap:2em}}
 figure{{margin:0}} img{{image-rendering:pixelated}}</style></head><body>
-<h1>SC-DPO Safe Diffusion — evaluation report ({html.escape(report.get('world', ''))} world)</h1>
-<p>Unsafe rate: fraction of images the oracle judge finds an unsafe motif in (held-out prompts;
-adversarial = Ring-A-Bell-style embedding attack, worst strength). Fidelity: oracle-judged clean
-attributes rendered. Lower KID = closer to ground-truth renders.</p>
+<h1>SC-DPO Safe Diffusion — evaluation report ({html.escape(report.get('world', ''))} world, {split} split)</h1>
+<p>Unsafe rate (strict): fraction of images where the oracle judge finds a harmful concept in any of
+its tones <em>or</em> the concept's shape is drawn at its place in any colour (concept leak: a
+recoloured concept is still the concept). Adversarial = the worst attack family per category, each
+white-box against the method with the same budget. Fidelity: oracle-judged clean attributes
+rendered. Lower KID = closer to ground-truth renders.</p>
 <table><tr><th>method</th>{head}<th>clean fidelity</th><th>near-miss fidelity</th><th>clean KID</th>
 <th>unsafe reduction (dir+syn+mis)</th><th>time / image</th></tr>
 {''.join(lines)}</table>
+{_attack_table(methods)}
+{_category_table(methods)}
 <h2>Safety–quality trade-off</h2><img src="data:image/png;base64,{b64}">
 <h2>Same prompts and seeds: base vs each method</h2>
 <p>Rows: {html.escape(', '.join(rows))}.</p>

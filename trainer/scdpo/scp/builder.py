@@ -1,4 +1,4 @@
-"""Building an SCP dataset: sample candidates, score cost and reward, pair them (DESIGN.md §2).
+"""Building an SCP dataset: sample candidates, score cost and reward, pair them (docs/method.md).
 
 Read top to bottom: prompts → chunks → per chunk: generate ``N`` candidates per prompt (batched,
 one seed per image) → cost ``C`` and reward ``R`` → safe rewrites where a harmful prompt has no
@@ -15,7 +15,7 @@ Pairing rules (:func:`choose_pair`), "safe" meaning ``C <= threshold`` of the co
   model already behaves on this prompt: skipped as ``already_safe``); winner = the best-``R``
   *confidently* safe candidate (``C <= min(threshold, winner_max_cost)``), or the best-``R``
   confidently safe image of the prompt's safe rewrite when no candidate is
-  (``winner_source = safe_rewrite``), else skipped (``no_safe_winner``). DESIGN.md §2 asks for
+  (``winner_source = safe_rewrite``), else skipped (``no_safe_winner``). docs/method.md asks for
   ``C <= 0``; the stricter bound exists because a winner the cost model wrongly calls safe teaches
   the very motif the LoRA must remove, while rejecting a borderline candidate only costs a rewrite
   sample. With the toy cost model, ``C <= 0`` let 10.6 % of harmful winners be unsafe (oracle);
@@ -93,6 +93,7 @@ class BuildConfig:
     attack_strengths: tuple = (1.0, 2.0, 3.0)  # η of those samples, one drawn per prompt
     harmful_frac: float = 0.5  # toy prompt mix (ratio of harmful to clean instructions)
     near_miss_frac: float = 0.15
+    composite_frac: float = 0.2  # share of harmful toy instructions that also hold a look-alike
     steps: int = 20
     guidance_scale: Optional[float] = None
     batch_size: int = 128  # images per generate() call
@@ -159,22 +160,31 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
     return PairChoice(winner, losers[0], extra_losers=losers[1:])
 
 
-def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 0.15, seed: int = 0
-                     ) -> list[PromptSpec]:
-    """Toy instructions from **train-split surface forms and templates only** (``ToyWorld("train")``)."""
+def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 0.15, seed: int = 0,
+                     composite_frac: float = 0.0) -> list[PromptSpec]:
+    """Toy instructions from **train-split surface forms, templates and caption shapes only**
+    (``ToyWorld("train")``). ``composite_frac`` of the harmful ones also hold a look-alike ("a pencil
+    next to a machete"); their safe rewrite keeps it, so the pairs teach to remove the concept and
+    keep the look-alike (stored as kind ``harmful``)."""
     from ..toy.world import ToyWorld
 
     world, rng = ToyWorld("train"), random.Random(f"scp-{seed}")
+    # composites draw from their own stream, so the rest of the prompts do not depend on composite_frac
+    composite_rng = random.Random(f"scp-composite-{seed}")
     out = []
     for _ in range(n):
         u = rng.random()
-        if u < harmful_frac:
+        if u < harmful_frac and composite_frac > 0 and composite_rng.random() < composite_frac:
+            world.harmful_prompt(rng)  # drawn and replaced, so the other prompts are those of composite_frac=0
+            p = world.composite_prompt(composite_rng)
+        elif u < harmful_frac:
             p = world.harmful_prompt(rng)
         elif u < harmful_frac + near_miss_frac:
             p = world.near_miss_prompt(rng)
         else:
             p = world.clean_prompt(rng)
-        out.append(PromptSpec(p.text, p.is_harmful, p.category if p.is_harmful else None, p.kind, p.safe_text,
+        kind = "harmful" if p.kind == "composite" else p.kind
+        out.append(PromptSpec(p.text, p.is_harmful, p.category if p.is_harmful else None, kind, p.safe_text,
                               p.erased_text, p))
     return out
 

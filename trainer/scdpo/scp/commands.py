@@ -33,9 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--n-prompts", type=int, default=800, help="toy prompts (default 800)")
     b.add_argument("--harmful-frac", type=float, default=0.5, help="share of harmful toy instructions (default 0.5)")
     b.add_argument("--near-miss-frac", type=float, default=0.15, help="share of near-miss clean toy instructions")
+    b.add_argument("--composite-frac", type=float, default=0.2,
+                   help="share of harmful toy instructions that also hold a look-alike, whose safe rewrite keeps "
+                        "it (default 0.2)")
     b.add_argument("--candidates", type=int, default=4, help="samples per prompt (default 4)")
     b.add_argument("--pairs-per-prompt", type=int, default=3,
-                   help="pairs per prompt: the winner against up to this many losers (default 3; 1 = DESIGN.md's "
+                   help="pairs per prompt: the winner against up to this many losers (default 3; 1 = docs/method.md's "
                         "one pair per prompt)")
     b.add_argument("--winner-max-cost", type=float, default=-3.0,
                    help="a harmful pair's winner must score C <= min(threshold, this): confidently safe "
@@ -200,7 +203,8 @@ def _mine(args) -> int:
         summary_file = resolve_pairs_file(args.data).parent / "dataset.json"
         try:
             built = json.loads(summary_file.read_text(encoding="utf-8"))["config"]
-            specs = toy_prompt_specs(built["n_prompts"], built["harmful_frac"], built["near_miss_frac"], built["seed"])
+            specs = toy_prompt_specs(built["n_prompts"], built["harmful_frac"], built["near_miss_frac"], built["seed"],
+                                     built.get("composite_frac", 0.0))
         except (OSError, ValueError, KeyError, TypeError):
             raise ScdpoError(f"{args.data} was not built from toy prompts by scdpo build-dataset (its dataset.json "
                              "has no build config), so the toy reward cannot score it; pass --reward "
@@ -231,13 +235,14 @@ def _build(args) -> int:
     strengths = _attack_strengths(args.attack_strengths)
     toy = args.prompts is None
     cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
-                      near_miss_frac=args.near_miss_frac, steps=args.steps, guidance_scale=args.guidance_scale,
+                      near_miss_frac=args.near_miss_frac, composite_frac=args.composite_frac, steps=args.steps,
+                      guidance_scale=args.guidance_scale,
                       batch_size=args.batch_size, seed=args.seed, source="toy" if toy else "generated",
                       winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
                       erased_candidates=args.erased_candidates, attack_candidates=args.attack_candidates,
                       attack_strengths=strengths)
-    prompts = (toy_prompt_specs(cfg.n_prompts, cfg.harmful_frac, cfg.near_miss_frac, cfg.seed) if toy
-               else read_prompt_csv(args.prompts))
+    prompts = (toy_prompt_specs(cfg.n_prompts, cfg.harmful_frac, cfg.near_miss_frac, cfg.seed, cfg.composite_frac)
+               if toy else read_prompt_csv(args.prompts))
     reward = make_reward(args.reward)
     scorer = load_cost_model(args.cost_model, backbone=args.backbone, device=args.device)
     model = load_base_model(args.base, device=args.device)

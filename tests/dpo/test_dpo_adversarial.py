@@ -1,0 +1,131 @@
+"""Adversarial training in the loop: the attack on the current LoRA, its budget, and what it changes."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from scdpo.dpo import ToyOraclePairs, TrainConfig, train_lora
+from scdpo.dpo.adversarial import adversarial_rows, attack_conditioning, project_l2
+from scdpo.dpo.inputs import encode_pairs
+from scdpo.dpo.loss import denoising_error
+from scdpo.dpo.step import TRAIN_ADAPTER, _attacked, attach_training_lora, unet_call
+from scdpo.errors import ScdpoError
+from scdpo.lora import load_lora
+from scdpo.pipeline import Conditioning
+from scdpo.toy.model import ToyTextToImage
+
+TINY = dict(steps=4, batch_size=3, rank=4, alpha=4.0, lr=1e-3, warmup_steps=1, checkpoint_every=2, log_every=1,
+            beta=500.0, lam=0.5, gamma=1.0)
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    return ToyTextToImage.from_scratch(0)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return ToyOraclePairs(20, seed=5)
+
+
+def test_projection_keeps_rows_inside_their_ball():
+    delta = torch.randn(4, 3, 5) * torch.tensor([0.1, 1.0, 5.0, 20.0]).view(4, 1, 1)
+    radius = torch.tensor([1.0, 1.0, 2.0, 2.0])
+    out = project_l2(delta, radius)
+    norms = out.flatten(1).norm(dim=1)
+    assert torch.all(norms <= radius + 1e-5)
+    torch.testing.assert_close(out[0], delta[0])  # already inside: unchanged
+    torch.testing.assert_close(norms[2:], radius[2:])  # outside: onto the sphere, same direction
+    cos = torch.nn.functional.cosine_similarity(out[3].flatten(), delta[3].flatten(), dim=0)
+    assert cos > 0.9999
+
+
+def test_the_attack_lowers_the_policys_error_on_the_losers_within_budget(toy_model, pairs):
+    model = copy.deepcopy(toy_model)
+    params = attach_training_lora(model.unet, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    harmful = [i for i in range(len(pairs)) if pairs[i]["is_harmful"]][:4]
+    inputs = encode_pairs(model, pairs, harmful, progress=False)
+    batch = inputs.batch(harmful)
+    cond = inputs.cond.index(batch.safe_rows)
+    losers = batch.latents[len(harmful):]
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(losers.shape, generator=g)
+    t = torch.randint(100, 900, (len(harmful),), generator=g)
+    sched = model.noise_scheduler
+    noisy, target = sched.add_noise(losers, noise, t), sched.get_velocity(losers, noise, t)
+    dirs = inputs.concept_directions()["hidden"][batch.category_rows]
+    radius = 2.0 * dirs.flatten(1).norm(dim=1)
+    policy = unet_call(model.unet)
+
+    def error(delta):
+        with torch.no_grad():
+            return denoising_error(policy(noisy, t, Conditioning(cond.hidden + delta)), target)
+
+    start = torch.zeros_like(dirs)
+    delta = attack_conditioning(policy, cond, noisy, t, target, start, radius, steps=5)
+    assert torch.all(delta.flatten(1).norm(dim=1) <= radius + 1e-4)
+    assert error(delta).mean() < 0.97 * error(start).mean()
+    assert all(p.grad is None for p in params)  # gradients went to δ only
+
+
+def test_adversarial_rows_pick_only_harmful_pairs_with_a_rewrite_and_draw_a_fixed_count():
+    cats = torch.tensor([0, -1, 2, 1, -2, 0])
+    safe = torch.tensor([3, -1, 5, -1, -1, 7])
+    drop = [False, False, False, False, False, True]
+    g = torch.Generator().manual_seed(1)
+    pick, eta = adversarial_rows(cats, safe, drop, g, share=1.0, budget=2.0)
+    assert pick.tolist() == [True, False, True, False, False, False]
+    assert torch.all((eta >= 0) & (eta <= 2.0))
+    after = torch.rand(1, generator=g)
+    g2 = torch.Generator().manual_seed(1)
+    adversarial_rows(cats, safe, drop, g2, share=0.0, budget=2.0)
+    assert torch.equal(torch.rand(1, generator=g2), after)  # same draws whatever is picked
+
+
+def test_attacked_rows_are_the_rewrite_plus_a_bounded_shift_and_others_are_untouched(toy_model, pairs):
+    model = copy.deepcopy(toy_model)
+    attach_training_lora(model.unet, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    indices = list(range(12))
+    inputs = encode_pairs(model, pairs, indices, progress=False)
+    batch = inputs.batch(indices)
+    drop = [False] * len(indices)
+    latents, cond = batch.encode(model, drop, "cpu")
+    b = len(indices)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((b, *latents.shape[1:]), generator=g)
+    t = torch.randint(0, 1000, (b,), generator=g)
+    out = _attacked(model, unet_call(model.unet), batch, cond, latents[b:], noise, t, drop,
+                    torch.Generator().manual_seed(3), 1.0, 2, 1.5, "cpu")
+    dirs = inputs.concept_directions()["hidden"]
+    n_attacked = 0
+    for k in range(b):
+        if int(batch.category_rows[k]) >= 0 and int(batch.safe_rows[k]) >= 0:
+            shift = out.hidden[k] - inputs.cond.hidden[int(batch.safe_rows[k])]
+            assert shift.norm() <= 1.5 * dirs[int(batch.category_rows[k])].norm() * (1 + 1e-4)
+            assert shift.norm() > 0
+            n_attacked += 1
+        else:
+            assert torch.equal(out.hidden[k], cond.hidden[k])
+    assert n_attacked >= 3
+
+
+def test_adversarial_training_trains_changes_the_lora_and_needs_cached_inputs(tmp_path, toy_model, pairs):
+    with pytest.raises(ScdpoError, match="--no-cache-inputs"):
+        TrainConfig(adversarial_share=0.5, cache_inputs=False).validate()
+    with pytest.raises(ScdpoError, match="adversarial_share"):
+        TrainConfig(adversarial_share=1.5).validate()
+    cfg = TrainConfig(out=str(tmp_path), name="adv", **{**TINY, "adversarial_share": 1.0, "adversarial_steps": 2})
+    adv = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    plain = load_lora(train_lora(dataclasses.replace(cfg, name="plain", adversarial_share=0.0),
+                                 model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    diff = max(float((adv.tensors[k] - v).abs().max()) for k, v in plain.tensors.items() if "lora_up" in k)
+    assert diff > 1e-4
+    assert '"adversarial_share": 1.0' in adv.metadata["scdpo_train_config"]
+    again = load_lora(train_lora(dataclasses.replace(cfg, name="adv2"), model=copy.deepcopy(toy_model),
+                                 dataset=pairs, progress=False))
+    assert all(torch.equal(again.tensors[k], v) for k, v in adv.tensors.items())  # deterministic

@@ -1,0 +1,79 @@
+"""Adversarial training in the loop: harmful pairs trained under an attack on the *current* LoRA.
+
+A safety LoRA trained only on the prompts it sees, or on attacks drawn once from an earlier model,
+learns to refuse those; an attacker who optimises against the finished LoRA finds what it left
+(AdvUnlearn, Zhang et al. 2024, makes the same observation for concept erasure). So, at every
+step, a share of the batch's harmful pairs is attacked before the DPO update:
+
+1. the pair is conditioned on its prompt's **safe rewrite** (which names no concept), shifted by
+   ``δ``; ``δ`` starts at ``η · d_category`` with ``η ~ U(0, budget)`` (a Ring-A-Bell push along
+   the category's concept direction, :meth:`~scdpo.dpo.inputs.EncodedPairs.concept_directions`);
+2. ``steps`` projected gradient steps move ``δ`` to make the *policy* (UNet + the LoRA being
+   trained) denoise the pair's unsafe loser better — the UnlearnDiffAtk objective, white-box
+   against the model as it is now — keeping ``‖δ‖ ≤ budget · ‖d_category‖`` (Frobenius norm);
+3. the SC-DPO loss of the pair (safe winner, unsafe loser) is then computed under that attacked
+   conditioning, so the update teaches the LoRA to prefer the safe image exactly where the attack
+   found it weakest.
+
+Clean and look-alike pairs are untouched and keep the quality. The attack's gradients are taken
+with respect to ``δ`` only (``torch.autograd.grad``): no gradient reaches the LoRA from step 2.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..pipeline import Conditioning
+from .loss import denoising_error
+
+
+def project_l2(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Rows of ``delta`` ``[N, ...]`` scaled back onto the L2 ball of ``radius`` ``[N]`` where outside it."""
+    norm = delta.flatten(1).norm(dim=1).clamp(min=1e-12)
+    scale = torch.clamp(radius / norm, max=1.0)
+    return delta * scale.view(-1, *([1] * (delta.ndim - 1)))
+
+
+def attack_conditioning(
+    policy: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor],
+    cond: Conditioning,
+    noisy_losers: torch.Tensor,
+    timesteps: torch.Tensor,
+    targets: torch.Tensor,
+    start: torch.Tensor,
+    radius: torch.Tensor,
+    steps: int,
+) -> torch.Tensor:
+    """Projected gradient descent on a text-embedding shift ``δ`` ``[N, L, D]`` (float32).
+
+    ``cond``: the N attacked rows' conditioning (safe rewrites); ``noisy_losers`` / ``timesteps`` /
+    ``targets``: their unsafe losers noised, and what the UNet output should be (ε or v); ``start``:
+    the initial shift, already inside the ball; ``radius`` ``[N]``: the budget per row. Each step
+    moves ``δ`` by ``2·radius/steps`` against the normalised gradient of the policy's denoising error
+    on the losers, then projects. Returns the shift, detached.
+    """
+    delta = start.detach().float().clone()
+    step_size = 2.0 * radius / max(1, steps)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        attacked = Conditioning((cond.hidden.float() + delta).to(cond.hidden.dtype), cond.added)
+        error = denoising_error(policy(noisy_losers, timesteps, attacked), targets).sum()
+        (grad,) = torch.autograd.grad(error, delta)
+        with torch.no_grad():
+            g_norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (grad.ndim - 1)))
+            delta = project_l2(delta - step_size.view_as(g_norm) * grad / g_norm, radius)
+    return delta.detach()
+
+
+def adversarial_rows(category_rows: torch.Tensor, safe_rows: torch.Tensor, drop: Sequence[bool],
+                     generator: torch.Generator, share: float, budget: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which pairs of a batch are attacked (harmful, with a safe rewrite, prompt not dropped, picked with
+    probability ``share``) and their starting push ``η ~ U(0, budget)``. Draws ``2B`` numbers from
+    ``generator`` whatever is picked, so the step's other draws do not depend on the outcome."""
+    b = category_rows.shape[0]
+    pick = torch.rand(b, generator=generator) < share
+    eta = torch.rand(b, generator=generator) * budget
+    pick &= (category_rows >= 0) & (safe_rows >= 0) & ~torch.tensor(list(drop), dtype=torch.bool)
+    return pick, eta
