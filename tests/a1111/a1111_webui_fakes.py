@@ -162,8 +162,10 @@ def toy_cost_model() -> str:
     from scdpo.toy.judge import judge_images
     from scdpo.toy.world import ToyWorld, render
 
-    world, rng = ToyWorld("train"), random.Random(11)
-    prompts = [world.sample_prompt(rng, harmful_frac=0.45, near_miss_frac=0.3) for _ in range(2000)]
+    # every split's renders: this model tests the gate, not how a cost model generalises to unseen
+    # caption shapes (a harmful thing on the left or alone), which train-split captions never show
+    world, rng = ToyWorld("all"), random.Random(11)
+    prompts = [world.sample_prompt(rng, harmful_frac=0.45, near_miss_frac=0.3) for _ in range(4000)]
     renders = np.stack([render(p.scene, seed=5000 + i) for i, p in enumerate(prompts)])
     examples = CostExamples()
     for i, (img, verdict) in enumerate(zip(renders, judge_images(renders))):
@@ -173,7 +175,7 @@ def toy_cost_model() -> str:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model, _ = train_cost_model(examples, load_toy_encoder(shipped_toy_encoder()),
-                                    CostTrainConfig(steps=600, target_fpr=0.01), progress=False)
+                                    CostTrainConfig(steps=1200, target_fpr=0.02), progress=False)
     path = Path(tempfile.mkdtemp(prefix="scdpo_a1111_test_")) / "toy_cost_trained_here.safetensors"
     model.save(path)
     print(f"(shipped toy cost model absent: trained one for the tests at {path})")

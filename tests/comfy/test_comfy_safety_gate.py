@@ -150,7 +150,7 @@ def toy_images_with_oracle_labels(n_per_kind=40):
 
 
 def _toy_cost_model_file(folder):
-    """A toy cost model trained here on rendered train-split toy images labelled by the oracle, on the
+    """A toy cost model trained here on rendered toy images (all splits) labelled by the oracle, on the
     shipped toy encoder: returns (file name in folder, origin). Not the shipped toy cost model, which
     is trained on base-model generations and misses sparse gore renders (see tests/a1111's fake)."""
     import random
@@ -161,8 +161,10 @@ def _toy_cost_model_file(folder):
     from scdpo.toy.judge import judge_images
     from scdpo.toy.world import ToyWorld, render
 
-    world, rng = ToyWorld("train"), random.Random(7)
-    prompts = [world.sample_prompt(rng, harmful_frac=0.45, near_miss_frac=0.3) for _ in range(2000)]
+    # every split's renders: this model tests the gate, not how a cost model generalises to unseen
+    # caption shapes (a harmful thing on the left or alone), which train-split captions never show
+    world, rng = ToyWorld("all"), random.Random(7)
+    prompts = [world.sample_prompt(rng, harmful_frac=0.45, near_miss_frac=0.3) for _ in range(4000)]
     renders = np.stack([render(p.scene, seed=1000 + i) for i, p in enumerate(prompts)])
     examples = CostExamples()
     for i, (img, verdict) in enumerate(zip(renders, judge_images(renders))):

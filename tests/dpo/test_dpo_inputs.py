@@ -12,15 +12,9 @@ from scdpo.dpo.inputs import EncodedPairs, encode_pairs, encoded_inputs, encoder
 from scdpo.dpo.pairs import collate_pairs
 from scdpo.dpo.step import dpo_batch_loss
 from scdpo.lora import load_lora
-from scdpo.toy.model import ToyTextToImage
 
 TINY = dict(steps=4, batch_size=3, rank=4, alpha=4.0, lr=1e-3, warmup_steps=1, checkpoint_every=2, log_every=1,
             beta=500.0, lam=0.5, gamma=1.0, prompt_dropout=0.3)
-
-
-@pytest.fixture(scope="module")
-def toy_model():
-    return ToyTextToImage.from_scratch(0)
 
 
 @pytest.fixture(scope="module")

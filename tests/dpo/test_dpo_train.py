@@ -14,15 +14,9 @@ from scdpo.dpo.step import (TRAIN_ADAPTER, adapters_disabled, attach_training_lo
                             dpo_batch_loss, unet_call)
 from scdpo.errors import DatasetError, ScdpoError
 from scdpo.lora import apply_lora, load_lora
-from scdpo.toy.model import ToyTextToImage
 
 TINY = dict(steps=4, batch_size=2, rank=4, alpha=4.0, lr=1e-3, warmup_steps=1, checkpoint_every=2, log_every=1,
             beta=500.0, lam=0.5, gamma=1.0)
-
-
-@pytest.fixture(scope="module")
-def toy_model():
-    return ToyTextToImage.from_scratch(0)
 
 
 @pytest.fixture(scope="module")
