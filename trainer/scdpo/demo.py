@@ -38,7 +38,7 @@ from .fileio import ensure_writable_dir
 # search for every method (docs/results.md lists the grid and the scores behind each choice).
 TUNED = {
     "sc-dpo": {"beta": 2500.0, "lr": 1e-3, "steps": 450},
-    "diffusion-dpo": {"beta": 2500.0, "lr": 1e-3, "steps": 450},
+    "diffusion-dpo": {"beta": 2500.0, "lr": 3e-3, "steps": 450},
     "safetydpo": {"beta": 2500.0, "lr": 1e-3, "steps": 100},  # per expert
 }
 
@@ -71,9 +71,9 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        plan = cls(cost_train=480, cost_calib=200, cost_test=240, scp_prompts=160, scp_candidates=3, eval_n=2,
+        plan = cls(cost_train=480, cost_calib=200, cost_test=240, scp_prompts=160, scp_candidates=3, eval_n=3,
                    gen_steps=10, ablations=True)
-        for name, steps in (("sc-dpo", 80), ("diffusion-dpo", 80), ("safetydpo", 20)):
+        for name, steps in (("sc-dpo", 150), ("diffusion-dpo", 80), ("safetydpo", 20)):
             plan.tuned[name]["steps"] = steps
         return plan
 
