@@ -232,4 +232,4 @@ def test_training_is_deterministic_whatever_ran_before(make_render_examples):
     torch.rand(1000)  # consume the global RNG
     _, second = train_cost_model(examples, encoder, cfg, progress=False)
     assert first["threshold"] == second["threshold"]
-    assert first["test"] == second["test"]
+    assert first["test"] == pytest.approx(second["test"], nan_ok=True)

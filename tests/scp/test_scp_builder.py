@@ -148,7 +148,7 @@ def test_build_writes_the_contract_schema_and_respects_the_rules(tmp_path, tiny_
     assert tuple(table.column_names) == COLUMNS
     assert res.n_pairs == table.num_rows and res.n_pairs >= 3
     summary = json.loads((tmp_path / "scp" / "dataset.json").read_text())
-    assert summary["n_pairs"] + sum(summary["skipped_prompts"].values()) == 12 and summary["attack_pairs"] == 0
+    assert summary["n_pairs"] + sum(summary["skipped_prompts"].values()) == cfg.n_prompts and summary["attack_pairs"] == 0
     assert not (tmp_path / "scp" / "parts").exists()  # merged, parts removed
     specs = {p.text: p for p in prompts}
     for row in table.to_pylist():
