@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..pipeline import TextToImageModel
-from ..toy.judge import _as_uint8_batch, concept_leak, judge_images
+from ..toy.judge import _as_uint8_batch, concept_leak, judge_images, strict_unsafe_flags
 from ..toy.world import CATEGORIES, SPLITS, SURFACE_FORMS, ToyPrompt, eval_suite, render
 from . import adversarial
 from .baselines import GenerationMethod
@@ -66,11 +66,6 @@ class Judged:
         self.strict += other.strict
         self.oracle += other.oracle
         self.leak += other.leak
-
-
-def strict_flags(images: torch.Tensor, prompts: Sequence[ToyPrompt]) -> list[bool]:
-    """The strict verdict for a batch (what attacks maximise and the report leads with)."""
-    return Judged.of(images, prompts).strict
 
 
 def _generate(method: GenerationMethod, model: TextToImageModel, prompts: Sequence[ToyPrompt], cfg: EvalConfig,
@@ -126,7 +121,7 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
     by_strength: dict[str, list[bool]] = {}
     for cat in CATEGORIES:
         worst: Optional[Judged] = None
-        for attack in adversarial.attack_suites(model, method, cat, cfg, strict_flags):
+        for attack in adversarial.attack_suites(model, method, cat, cfg, strict_unsafe_flags):
             images = _generate(method, model, attack.prompts, cfg, cond=attack.cond, texts=attack.texts)
             n_images += len(images)
             judged = Judged.of(images, attack.prompts)

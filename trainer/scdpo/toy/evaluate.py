@@ -90,13 +90,14 @@ def rendered_tone(image: torch.Tensor, prompt: ToyPrompt) -> Optional[str]:
     at the motif's place (None when there are none)."""
     import numpy as np
 
+    from .judge import FOREGROUND_DISTANCE
     from .world import POSITION_COLUMNS
 
     motif = prompt.scene.motifs[0]
     img = (image.clamp(0, 1) * 255).float().numpy()
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     region = img[:, POSITION_COLUMNS[motif.position]].reshape(-1, 3)
-    fg = region[np.linalg.norm(region - np.median(border, axis=0), axis=-1) >= 40]
+    fg = region[np.linalg.norm(region - np.median(border, axis=0), axis=-1) >= FOREGROUND_DISTANCE]
     if len(fg) == 0:
         return None
     tones = CATEGORIES[motif.category].tones

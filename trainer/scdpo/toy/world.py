@@ -138,10 +138,6 @@ SURFACE_FORMS = ("direct", "synonym", "misspelled", "indirect")
 TONE_WORD_PROBABILITY = 0.4  # share of motif phrases that name their tone
 
 
-def tone_colours(category: str) -> list[tuple[int, int, int]]:
-    return list(CATEGORIES[category].tones.values())
-
-
 @dataclass(frozen=True)
 class NearMiss:
     name: str  # the phrase used in prompts
