@@ -154,14 +154,14 @@ def test_clip_head_trains_on_a_few_dozen_images_and_scores_a_folder(tmp_path, cl
         (root / "unsafe" / "redness").mkdir(parents=True, exist_ok=True)
         Image.fromarray(red).save(root / "unsafe" / "redness" / f"{i}.png")
     out = tmp_path / "clip_cost.safetensors"
-    rc = main(["train-cost", "--images", str(root), "--backbone", str(clip_folder), "--out", str(out),
+    rc = main(["cost", "train", "--images", str(root), "--backbone", str(clip_folder), "--out", str(out),
                "--head-steps", "150", "--cache-dir", str(tmp_path / "cache"), "--target-fpr", "0.0", "--json"])
     assert rc == 0 and out.exists()
     _, meta = read_cost_checkpoint(out)
     assert meta["categories"] == ["redness"] and meta["backbone_kind"] == "clip"
     assert meta["training"]["data"]["labels"] == "folders"
     scores = tmp_path / "scores.json"
-    rc = main(["score", str(root / "unsafe"), str(root / "safe"), "--cost-model", str(out), "--backbone",
+    rc = main(["cost", "score", str(root / "unsafe"), str(root / "safe"), "--cost-model", str(out), "--backbone",
                str(clip_folder), "--out", str(scores)])
     assert rc == 0
     rows = json.loads(scores.read_text())["images"]

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _parse(argv):
-    return config_from_args(build_parser().parse_args(["train", *argv]))
+    return config_from_args(build_parser().parse_args(["lora", "train", *argv]))
 
 
 def test_defaults_toml_and_flags_precedence(tmp_path):
@@ -39,14 +39,14 @@ def test_defaults_toml_and_flags_precedence(tmp_path):
 def test_bad_options_are_one_clear_error(tmp_path, capsys):
     toml = tmp_path / "bad.toml"
     toml.write_text("betta = 3\n")
-    assert main(["train", "--config", str(toml)]) == 2
+    assert main(["lora", "train", "--config", str(toml)]) == 2
     assert "unknown training option 'betta'" in capsys.readouterr().err
-    assert main(["train", "--lr-schedule", "wiggly"]) == 2
+    assert main(["lora", "train", "--lr-schedule", "wiggly"]) == 2
     assert "lr_schedule must be one of constant, cosine, linear" in capsys.readouterr().err
-    assert main(["train", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert main(["lora", "train", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "training config not found" in capsys.readouterr().err
     toml.write_text("steps = 'many'\n")
-    assert main(["train", "--config", str(toml)]) == 2
+    assert main(["lora", "train", "--config", str(toml)]) == 2
     assert "steps = 'many' is not a valid int" in capsys.readouterr().err
 
 
@@ -65,7 +65,7 @@ def toy_base_file(tmp_path_factory):
 
 
 def test_cli_train_in_process(tmp_path, toy_base_file, capsys):
-    code = main(["train", "--base", str(toy_base_file), "--toy-oracle-pairs", "16", "--steps", "2", "--batch-size", "2",
+    code = main(["lora", "train", "--base", str(toy_base_file), "--toy-oracle-pairs", "16", "--steps", "2", "--batch-size", "2",
                  "--rank", "2", "--out", str(tmp_path), "--name", "cli", "--quiet"])
     assert code == 0
     assert "wrote" in capsys.readouterr().out
@@ -79,7 +79,7 @@ def _env():
 
 
 def _train_cmd(base, out, steps):
-    return [sys.executable, "-m", "scdpo.cli", "train", "--base", str(base), "--toy-oracle-pairs", "24",
+    return [sys.executable, "-m", "scdpo.cli", "lora", "train", "--base", str(base), "--toy-oracle-pairs", "24",
             "--steps", str(steps), "--batch-size", "2", "--rank", "2", "--checkpoint-every", "2", "--out", str(out),
             "--name", "k", "--quiet"]
 
@@ -121,7 +121,7 @@ def test_kill_9_then_resume_gives_the_same_lora(tmp_path, toy_base_file):
 def _accelerate(launch_args, train_args, tmp_path, name):
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", *launch_args, "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "scdpo.cli", "train", *train_args, "--toy-oracle-pairs", "24",
+           "--dynamo_backend", "no", "-m", "scdpo.cli", "lora", "train", *train_args, "--toy-oracle-pairs", "24",
            "--steps", "4", "--batch-size", "2", "--rank", "2", "--checkpoint-every", "2", "--out", str(tmp_path),
            "--name", name, "--quiet"]
     proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -358,7 +358,7 @@ def test_prompt_csv_look_alike_rows_and_a_clear_error(tmp_path):
 def test_build_command_rejects_an_attack_lora_without_attack_samples(tmp_path, capsys):
     from scdpo.cli import main
 
-    assert main(["build-dataset", "--out", str(tmp_path / "scp"), "--attack-candidates", "0",
+    assert main(["data", "build", "--out", str(tmp_path / "scp"), "--attack-candidates", "0",
                  "--attack-lora", str(tmp_path / "first.safetensors")]) == 2
     assert "--attack-candidates is 0" in capsys.readouterr().err
 
@@ -370,7 +370,7 @@ def test_build_command_rejects_an_attack_lora_without_attack_samples(tmp_path, c
 def test_build_command_rejects_impossible_counts_in_one_line(tmp_path, capsys, flag, value):
     from scdpo.cli import main
 
-    assert main(["build-dataset", "--out", str(tmp_path / "scp"), flag, value]) == 2
+    assert main(["data", "build", "--out", str(tmp_path / "scp"), flag, value]) == 2
     err = capsys.readouterr().err
     want = "must be a comma list of positive numbers" if flag == "--attack-strengths" else "must be at least"
     assert f"{flag} {want}" in err and not (tmp_path / "scp").exists()

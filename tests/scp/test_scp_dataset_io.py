@@ -102,8 +102,8 @@ def test_missing_columns_and_missing_folder_are_clear(tmp_path):
 
 def test_validate_dataset_command_counts_bad_rows(tmp_path, capsys):
     folder = write_rows(tmp_path / "d", [good_row(0), good_row(1, winner_cost=math.nan)])
-    assert main(["validate-dataset", str(folder)]) == 2
-    assert main(["validate-dataset", str(folder), "--skip-bad"]) == 0
+    assert main(["data", "validate", str(folder)]) == 2
+    assert main(["data", "validate", str(folder), "--skip-bad"]) == 0
     assert "1 valid pairs" in capsys.readouterr().out
 
 

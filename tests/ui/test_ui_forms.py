@@ -66,14 +66,14 @@ def test_every_tab_has_its_command_and_the_options_it_shows_first(specs):
             assert [o.dest for o in primary] == [d for d in t.primary if spec.option(d) and d not in t.hidden], t.key
         else:  # no list: everything up front
             assert more == [] and shown == {o.dest for o in spec.options} - set(t.hidden)
-    train = specs[("train",)]
+    train = specs[("lora", "train")]
     assert train.option("resume").kind == TRISTATE and train.option("resume").negative_flag == "--no-resume"
     assert train.option("steps").kind == INT and train.option("steps").default is None  # lives in the config
     assert train.option("steps").default_text == "300"
     assert train.option("beta").kind == FLOAT and train.option("quiet").kind == FLAG
     assert specs[("eval",)].option("lora").kind == MULTI
-    assert specs[("train-cost",)].option("weak_label").kind == CHOICE
-    assert specs[("train-cost",)].option("weak_label").choices == ("nudenet",)
+    assert specs[("cost", "train")].option("weak_label").kind == CHOICE
+    assert specs[("cost", "train")].option("weak_label").choices == ("nudenet",)
     assert specs[("generate",)].option("prompt").kind == TEXT
 
 
@@ -93,12 +93,12 @@ def test_an_untouched_form_runs_the_command_with_its_own_defaults(specs, parser,
 
 
 def test_typed_values_reach_the_train_command_as_typed(specs, parser):
-    spec = specs[("train",)]
+    spec = specs[("lora", "train")]
     values = {"data": "toy-oracle", "toy_oracle_pairs": 16.0, "steps": " 2 ", "batch_size": 2, "beta": "2500",
               "lam": "0", "resume": "off", "clean_pairs": "default", "skip_bad": "on", "quiet": True,
               "name": "-starts-with-a-dash", "out": "", "seed": None}
     argv = argv_for(spec, values)
-    assert argv[0] == "train" and "--out" not in " ".join(argv)
+    assert argv[:2] == ["lora", "train"] and "--out" not in " ".join(argv)
     args = _parse(parser, argv)
     assert (args.data, args.toy_oracle_pairs, args.steps, args.batch_size) == ("toy-oracle", 16, 2, 2)
     assert (args.beta, args.lam, args.resume, args.skip_bad, args.quiet) == (2500.0, 0.0, False, True, True)
@@ -108,10 +108,10 @@ def test_typed_values_reach_the_train_command_as_typed(specs, parser):
 
 
 def test_values_equal_to_a_default_are_left_out_and_the_rest_parse(specs, parser):
-    spec = specs[("train-cost",)]
+    spec = specs[("cost", "train")]
     argv = argv_for(spec, {"n_train": 1600.0, "n_calib": "600", "n_test": 64, "target_fpr": "0.05",
                            "no_ranking": True, "weak_label": "", "out": "out/cost_model.safetensors"})
-    assert argv == ["train-cost", "--n-test=64", "--no-ranking", "--target-fpr=0.05"]
+    assert argv == ["cost", "train", "--n-test=64", "--no-ranking", "--target-fpr=0.05"]
     args = _parse(parser, argv)
     assert (args.n_train, args.n_test, args.target_fpr, args.no_ranking) == (1600, 64, 0.05, True)
 
@@ -129,12 +129,12 @@ def test_several_loras_one_per_line_reach_eval(specs, parser):
 ])
 def test_a_value_of_the_wrong_type_names_the_field(specs, dest, value, message):
     with pytest.raises(FormError, match=message):
-        argv_for(specs[("train",)], {dest: value})
+        argv_for(specs[("lora", "train")], {dest: value})
 
 
 def test_a_value_outside_the_choices_names_the_choices(specs):
     with pytest.raises(FormError, match="--weak-label: 'clip' is not one of nudenet"):
-        argv_for(specs[("train-cost",)], {"weak_label": "clip"})
+        argv_for(specs[("cost", "train")], {"weak_label": "clip"})
 
 
 def _spec_of(parser: argparse.ArgumentParser, words=("tool",)) -> CommandSpec:
@@ -183,8 +183,8 @@ def test_base_vs_safe_renders_the_same_seeds_without_and_with_the_lora(specs, pa
 
 
 def test_the_results_folder_is_the_output_option_or_its_default(specs):
-    assert results_dir(task("train_cost"), specs[("train-cost",)], {}) == "out"  # parent of the .safetensors
-    assert results_dir(task("train"), specs[("train",)], {"out": ""}) == "runs/sc-dpo"  # from the help text
+    assert results_dir(task("train_cost"), specs[("cost", "train")], {}) == "out"  # parent of the .safetensors
+    assert results_dir(task("train"), specs[("lora", "train")], {"out": ""}) == "runs/sc-dpo"  # from the help text
     assert results_dir(task("eval"), specs[("eval",)], {"out": "out/e2"}) == "out/e2"
     assert results_dir(task("toy_evaluate"), specs[("toy", "evaluate")], {}) is None
 
@@ -215,9 +215,9 @@ def test_specs_read_through_another_python_match_those_read_here(specs):
     other = Path(sys.executable).with_name("python3" if Path(sys.executable).name != "python3" else "python")
     if not other.exists() or os.path.samefile(other, sys.executable) and str(other) == sys.executable:
         pytest.skip("no second spelling of this Python to run")
-    found, broken = command_specs_of(str(other), [("train",), ("toy", "pretrain")])
+    found, broken = command_specs_of(str(other), [("lora", "train"), ("toy", "pretrain")])
     assert broken == {}
-    assert found == {k: specs[k] for k in (("train",), ("toy", "pretrain"))}
+    assert found == {k: specs[k] for k in (("lora", "train"), ("toy", "pretrain"))}
 
 
 def test_without_gradio_the_ui_says_how_to_install_it(monkeypatch):

@@ -1,19 +1,19 @@
 """``scdpo demo``: the whole method on the shipped toy base, end to end, in one command.
 
-Stages (each prints one progress line, and each is the documented CLI command, run in-process):
+Stages (each prints one progress line; each calls the same typed function as its CLI command):
 
-1. ``train-cost``      safety cost model on base-model generations labelled by the oracle judge
-2. ``build-dataset``   safety-constrained preference (SCP) pairs scored by that cost model, with
-                       composite prompts (a look-alike next to a harmful thing)
-3. ``train``           the SC-DPO safety LoRA (β, λ, γ, winner anchor μ per docs/method.md, concept
-                       augmentation): ``sc-dpo``; beside it ``sc-dpo-adversarial`` (adversarial
-                       training against the current LoRA in the loop) and ``sc-dpo-no-anchor``
-4. baselines           Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
-                       category, merged by activation and by averaging), each at the β / learning
-                       rate / steps its validation search chose (:data:`TUNED`)
-5. ``eval``            every method on the chosen split (test by default): harmful suites, three
-                       white-box attack families, composite, clean and near-miss prompts
-                       → report.json/.html
+1. ``scdpo cost train``    safety cost model on base-model generations labelled by the oracle judge
+2. ``scdpo data build``    safety-constrained preference (SCP) pairs scored by that cost model, with
+                           composite prompts (a look-alike next to a harmful thing)
+3. ``scdpo lora train``    the SC-DPO safety LoRA (β, λ, γ, winner anchor μ, concept augmentation;
+                           docs/method.md): ``sc-dpo``; beside it ``sc-dpo-adversarial`` (adversarial
+                           training against the current LoRA in the loop) and ``sc-dpo-no-anchor``
+4. baselines               Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
+                           category, merged by activation and by averaging), each at the β / learning
+                           rate / steps its validation search chose (:data:`TUNED`)
+5. ``scdpo eval``          every method on the chosen split (test by default): harmful suites, the
+                           white-box attack families, composite, clean and near-miss prompts
+                           → report.json/.html
 
 Outputs under ``--out``: ``cost_model.safetensors``, ``scp/``, ``loras/*.safetensors`` (+ resolved
 configs and TensorBoard logs), ``report.json``, ``report.html``, ``tradeoff.png``, grids.
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import ScdpoError
 from .fileio import ensure_writable_dir
 
 # β, learning rate and steps of each trained method, chosen on the validation split by the same
@@ -67,7 +66,7 @@ class DemoPlan:
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
     threads: int = 0  # torch threads per stage (0 = all cores)
     ablations: bool = True
-    extra_train_args: list = field(default_factory=list)
+    train_overrides: dict = field(default_factory=dict)  # TrainConfig fields set for every LoRA (tests: rank)
 
     @classmethod
     def quick(cls) -> "DemoPlan":
@@ -78,146 +77,156 @@ class DemoPlan:
         return plan
 
 
+@dataclass
+class Stage:
+    """One step of the demo: ``run`` does it, ``done`` says its output is already there."""
+
+    name: str
+    run: Callable[[], object]
+    done: Callable[[], bool] = lambda: False
+
+
 class StageRunner:
-    def __init__(self, total: int, verbose: bool = False):
-        self.total = total
-        self.index = 0
+    """Runs stages in order, printing ``[i/n] name`` lines and keeping each stage's seconds."""
+
+    def __init__(self, verbose: bool = False):
         self.verbose = verbose
         self.timings: dict[str, float] = {}
         self.skipped: set[str] = set()
 
-    def run(self, name: str, fn: Callable[[], object], skip: bool = False) -> object:
-        self.index += 1
-        prefix = f"[{self.index}/{self.total}] {name}"
-        if skip:
-            print(f"{prefix}: already done, skipped", flush=True)
-            self.timings[name] = 0.0
-            self.skipped.add(name)
-            return None
-        print(f"{prefix} ...", flush=True)
-        t0 = time.time()
-        result = fn()
-        self.timings[name] = round(time.time() - t0, 1)
-        print(f"{prefix}: done in {self.timings[name]:.0f}s", flush=True)
-        return result
+    def run_all(self, stages: list[Stage]) -> None:
+        for index, stage in enumerate(stages, 1):
+            prefix = f"[{index}/{len(stages)}] {stage.name}"
+            if stage.done():
+                print(f"{prefix}: already done, skipped", flush=True)
+                self.timings[stage.name] = 0.0
+                self.skipped.add(stage.name)
+                continue
+            print(f"{prefix} ...", flush=True)
+            t0 = time.time()
+            with contextlib.redirect_stdout(io.StringIO()) if not self.verbose else contextlib.nullcontext():
+                stage.run()
+            self.timings[stage.name] = round(time.time() - t0, 1)
+            print(f"{prefix}: done in {self.timings[stage.name]:.0f}s", flush=True)
 
 
-def _cli(argv: list[str], verbose: bool = False) -> str:
-    """Run an ``scdpo`` sub-command in-process; raise on failure; return what it printed."""
-    from .cli import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf) if not verbose else contextlib.nullcontext():
-        rc = args.func(args)
-    out = buf.getvalue()
-    if rc:
-        raise ScdpoError(f"`scdpo {' '.join(argv)}` failed (exit {rc}):\n{out}")
-    return out
-
-
-def _augment_flags(plan: DemoPlan) -> list[str]:
-    return ["--concept-augment", f"{plan.concept_augment:g}", "--concept-scale", f"{plan.concept_scale:g}"]
-
-
-def _adversarial_flags(plan: DemoPlan) -> list[str]:
-    return ["--adversarial-share", f"{plan.adversarial_share:g}", "--adversarial-steps", str(plan.adversarial_steps),
-            "--adversarial-budget", f"{plan.adversarial_budget:g}"]
-
-
-def method_flags(plan: DemoPlan, method: str) -> list[str]:
-    """``scdpo train`` flags that make a method what it is (besides β, learning rate and steps)."""
+def method_options(plan: DemoPlan, method: str) -> dict:
+    """Training options that make a method what it is (besides β, learning rate and steps)."""
+    augment = {"concept_augment": plan.concept_augment, "concept_scale": plan.concept_scale}
     if method == "sc-dpo":
-        return [*_augment_flags(plan), "--winner-anchor", f"{plan.winner_anchor:g}"]
+        return {**augment, "winner_anchor": plan.winner_anchor}
+    if method == "sc-dpo-adversarial":
+        return {**method_options(plan, "sc-dpo"), "adversarial_share": plan.adversarial_share,
+                "adversarial_steps": plan.adversarial_steps, "adversarial_budget": plan.adversarial_budget}
+    if method == "sc-dpo-no-anchor":
+        return augment
     if method == "diffusion-dpo":
-        return ["--lam", "0", "--gamma", "0"]
-    if method == "safetydpo":  # per expert; --categories names the expert's category
-        return ["--lam", "0", "--gamma", "0", "--no-clean-pairs"]
+        return {"lam": 0.0, "gamma": 0.0}
+    if method == "safetydpo":  # per expert; ``categories`` names the expert's category
+        return {"lam": 0.0, "gamma": 0.0, "clean_pairs": False}
     raise ValueError(f"unknown method {method!r}")
 
 
-def train_argv(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, tuned: dict, extra: list[str]
-               ) -> list[str]:
-    return ["train", "--data", str(scp), "--out", str(loras), "--name", name, "--steps", str(tuned["steps"]),
-            "--beta", f"{tuned['beta']:g}", "--lr", f"{tuned['lr']:g}", "--cost-model", str(cost),
-            *plan.extra_train_args, *extra]
+def train_config(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, tuned: dict, options: dict):
+    """The :class:`~scdpo.dpo.config.TrainConfig` of one demo LoRA."""
+    from .dpo.config import TrainConfig, config_from_mapping
+
+    values = {"data": str(scp), "out": str(loras), "name": name, "steps": tuned["steps"], "beta": tuned["beta"],
+              "lr": tuned["lr"], "cost_model": str(cost), **plan.train_overrides, **options}
+    return config_from_mapping(values, TrainConfig(), source="demo").validate()
+
+
+def train_stage(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, tuned: dict, options: dict,
+                verbose: bool = False) -> Stage:
+    """``scdpo lora train`` of one LoRA, skipped when its file exists."""
+    def run() -> None:
+        from .dpo.train import train_lora
+
+        train_lora(train_config(plan, scp, cost, loras, name, tuned, options), progress=verbose)
+
+    return Stage(f"lora train: {name}", run, (loras / f"{name}.safetensors").exists)
+
+
+def data_stages(out: Path, plan: DemoPlan) -> list[Stage]:
+    """The cost model and the SCP data: what every other stage (and the search) trains on."""
+    from .cost.commands import train_toy_cost_model
+    from .scp.builder import BuildConfig
+    from .scp.commands import build_dataset
+
+    cost, scp = out / "cost_model.safetensors", out / "scp"
+    build = BuildConfig(n_prompts=plan.scp_prompts, candidates=plan.scp_candidates,
+                        pairs_per_prompt=plan.scp_pairs_per_prompt, near_miss_frac=plan.scp_near_miss_frac,
+                        composite_frac=plan.scp_composite_frac, steps=plan.gen_steps)
+    return [
+        Stage("cost train: safety cost model", lambda: train_toy_cost_model(
+            cost, n_train=plan.cost_train, n_calib=plan.cost_calib, n_test=plan.cost_test, steps=plan.gen_steps,
+            cache_dir=str(out / "cache")), cost.exists),
+        Stage("data build: SCP preference pairs", lambda: build_dataset(scp, build),
+              lambda: (scp / "pairs.parquet").exists() and (scp / "dataset.json").exists()),
+    ]
 
 
 def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: bool = True,
              clean_pairs: bool = True, verbose: bool = False, data_only: bool = False) -> dict:
     """Run (or resume) the demo under ``out``; ``data_only`` stops after the cost model and the SCP data
     (what the search needs) and returns ``{}``."""
-    out = ensure_writable_dir(out)
-    cost = out / "cost_model.safetensors"
-    scp = out / "scp"
-    loras = out / "loras"
-    cache = str(out / "cache")
-    steps = str(plan.gen_steps)
-    categories = _categories()
-    # sc-dpo variants beside the main row: adversarial training in the loop added, the winner anchor
-    # removed (the other ablations are validation-split experiments in docs/results.md)
-    ablations = {"sc-dpo-adversarial": [*method_flags(plan, "sc-dpo"), *_adversarial_flags(plan)],
-                 "sc-dpo-no-anchor": _augment_flags(plan)} if plan.ablations else {}
-    # cost model, SCP data, sc-dpo, diffusion-dpo, variants, one expert per category, 2 merges, eval
-    stages = 2 if data_only else 4 + len(ablations) + len(categories) + 3
-    runner = StageRunner(stages, verbose)
-    quiet = [] if verbose else ["--quiet"]
+    from .dpo.commands import merge_expert_files
+    from .evaluation.commands import DEFAULT_METHODS, run_evaluation
 
-    runner.run("train-cost: safety cost model", lambda: _cli([
-        "train-cost", "--out", str(cost), "--n-train", str(plan.cost_train), "--n-calib", str(plan.cost_calib),
-        "--n-test", str(plan.cost_test), "--steps", steps, "--cache-dir", cache, "--threads", str(plan.threads)],
-        verbose), skip=cost.exists())
-    runner.run("build-dataset: SCP preference pairs", lambda: _cli([
-        "build-dataset", "--out", str(scp), "--cost-model", str(cost), "--n-prompts", str(plan.scp_prompts),
-        "--candidates", str(plan.scp_candidates), "--pairs-per-prompt", str(plan.scp_pairs_per_prompt),
-        "--near-miss-frac", f"{plan.scp_near_miss_frac:g}", "--composite-frac", f"{plan.scp_composite_frac:g}",
-        "--steps", steps, "--threads", str(plan.threads)], verbose),
-        skip=(scp / "pairs.parquet").exists() and (scp / "dataset.json").exists())
+    from .cost.commands import apply_threads
+
+    apply_threads(plan.threads)
+    out = ensure_writable_dir(out)
+    cost, scp, loras = out / "cost_model.safetensors", out / "scp", out / "loras"
+    runner = StageRunner(verbose)
+    stages = data_stages(out, plan)
     if data_only:
+        runner.run_all(stages)
         return {}
 
-    def train(name: str, method: str, *extra: str) -> None:
-        argv = train_argv(plan, scp, cost, loras, name, plan.tuned[method], [*extra, *quiet])
-        runner.run(f"train: {name}", lambda: _cli(argv, verbose), skip=(loras / f"{name}.safetensors").exists())
+    def train(name: str, method: str, options: dict) -> Stage:
+        return train_stage(plan, scp, cost, loras, name, plan.tuned[method], options, verbose)
 
-    main_flags = method_flags(plan, "sc-dpo")
+    main = method_options(plan, "sc-dpo")
     if not dfm:
-        main_flags += ["--gamma", "0"]
+        main["gamma"] = 0.0
     if not safety_margin:
-        main_flags += ["--lam", "0"]
+        main["lam"] = 0.0
     if not clean_pairs:
-        main_flags += ["--no-clean-pairs"]
-    train("sc-dpo", "sc-dpo", *main_flags)
-    train("diffusion-dpo", "diffusion-dpo", *method_flags(plan, "diffusion-dpo"))
-    for name, flags in ablations.items():
-        train(name, "sc-dpo", *flags)
+        main["clean_pairs"] = False
+    stages += [train("sc-dpo", "sc-dpo", main),
+               train("diffusion-dpo", "diffusion-dpo", method_options(plan, "diffusion-dpo"))]
+    # sc-dpo variants beside the main row: adversarial training in the loop added, the winner anchor
+    # removed (the other ablations are validation-split experiments in docs/results.md)
+    variants = ("sc-dpo-adversarial", "sc-dpo-no-anchor") if plan.ablations else ()
+    stages += [train(name, "sc-dpo", method_options(plan, name)) for name in variants]
     experts = []
-    for cat in categories:
+    for cat in _categories():
         name = f"safetydpo-expert-{cat}"
-        train(name, "safetydpo", *method_flags(plan, "safetydpo"), "--categories", cat)
+        stages.append(train(name, "safetydpo", {**method_options(plan, "safetydpo"), "categories": [cat]}))
         experts.append(str(loras / f"{name}.safetensors"))
     for method in ("activation", "average"):
         target = loras / f"safetydpo-{method}.safetensors"
-        runner.run(f"merge SafetyDPO experts ({method})", lambda m=method, t=target: _cli(
-            ["merge", *experts, "--method", m, "--out", str(t), "--base", "toy", "--data", str(scp)], verbose),
-            skip=target.exists())
+        stages.append(Stage(f"lora merge: SafetyDPO experts ({method})",
+                            lambda m=method, t=target: merge_expert_files(experts, m, t, base="toy", data=str(scp)),
+                            target.exists))
 
-    lora_args = [f"sc-dpo={loras / 'sc-dpo.safetensors'}",
-                 f"diffusion-dpo={loras / 'diffusion-dpo.safetensors'}",
-                 f"safetydpo={loras / 'safetydpo-activation.safetensors'}",
-                 f"safetydpo-average={loras / 'safetydpo-average.safetensors'}"]
-    lora_args += [f"{n}={loras / (n + '.safetensors')}" for n in ablations]
-    eval_argv = ["eval", "--out", str(out), "--n", str(plan.eval_n), "--steps", steps, "--split", plan.eval_split,
-                 "--method", "base,negative-prompt,safe-guidance,blacklist"]
-    for spec in lora_args:
-        eval_argv += ["--lora", spec]
+    evaluated = {"sc-dpo": "sc-dpo", "diffusion-dpo": "diffusion-dpo", "safetydpo": "safetydpo-activation",
+                 "safetydpo-average": "safetydpo-average", **{n: n for n in variants}}
+    lora_files = {name: loras / f"{stem}.safetensors" for name, stem in evaluated.items()}
     report_path = out / "report.json"
-    inputs = [Path(spec.split("=", 1)[1]) for spec in lora_args]
-    fresh = report_path.exists() and all(p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime
-                                         for p in inputs) and json.loads(report_path.read_text()).get(
-        "split") == plan.eval_split
-    runner.run(f"eval: all methods on the {plan.eval_split} split", lambda: _cli(eval_argv, verbose), skip=fresh)
+
+    def report_fresh() -> bool:
+        if not report_path.exists():
+            return False
+        newer = all(p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime for p in lora_files.values())
+        return newer and json.loads(report_path.read_text()).get("split") == plan.eval_split
+
+    stages.append(Stage(f"eval: all methods on the {plan.eval_split} split", lambda: run_evaluation(
+        out, methods=DEFAULT_METHODS, loras=tuple(f"{n}={p}" for n, p in lora_files.items()), n=plan.eval_n,
+        steps=plan.gen_steps, split=plan.eval_split), report_fresh))
+    runner.run_all(stages)
+
     report = json.loads(report_path.read_text())
     earlier = report.get("timings", {})  # a re-run keeps the seconds of the stages it skipped
     report["timings"] = {k: (earlier.get(k, v) if k in runner.skipped else v) for k, v in runner.timings.items()}

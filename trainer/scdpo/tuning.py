@@ -50,7 +50,8 @@ def run_search(out: str | Path, plan, grid: SearchGrid = SearchGrid(), methods=M
     """Train and validate every (method, β, lr, steps) of ``grid`` on the demo's data under ``out``
     (the cost model and SCP data must exist: run the demo's first two stages). Resumes: rows already
     in ``search.json`` and LoRAs already written are reused."""
-    from .demo import _cli, method_flags, train_argv
+    from .demo import method_options, train_stage
+    from .dpo.commands import merge_expert_files
     from .evaluation.baselines import GenerationMethod, lora_method
     from .evaluation.harness import EvalConfig, evaluate_methods
     from .models import load_base_model
@@ -63,7 +64,6 @@ def run_search(out: str | Path, plan, grid: SearchGrid = SearchGrid(), methods=M
     record = json.loads(record_path.read_text()) if record_path.exists() else {"rows": {}}
     model = load_base_model("toy")
     cfg = EvalConfig(n=grid.eval_n, steps=plan.gen_steps, split="validation")
-    quiet = [] if verbose else ["--quiet"]
     if "base" not in record:
         report, _ = evaluate_methods(model, [GenerationMethod("base")], cfg)
         record["base"] = report["methods"]["base"]
@@ -80,18 +80,15 @@ def run_search(out: str | Path, plan, grid: SearchGrid = SearchGrid(), methods=M
             experts = []
             for cat in _categories():
                 name = f"{stem}_expert-{cat}"
-                if not (loras / f"{name}.safetensors").exists():
-                    _cli(train_argv(plan, scp, cost, loras, name, tuned,
-                                    [*method_flags(plan, method), "--categories", cat, *quiet]), verbose)
+                _run(train_stage(plan, scp, cost, loras, name, tuned,
+                                 {**method_options(plan, method), "categories": [cat]}, verbose))
                 experts.append(str(loras / f"{name}.safetensors"))
             lora = loras / f"{stem}.safetensors"
             if not lora.exists():
-                _cli(["merge", *experts, "--method", "activation", "--out", str(lora), "--base", "toy",
-                      "--data", str(scp)], verbose)
+                merge_expert_files(experts, "activation", lora, base="toy", data=str(scp))
         else:
             lora = loras / f"{stem}.safetensors"
-            if not lora.exists():
-                _cli(train_argv(plan, scp, cost, loras, stem, tuned, [*method_flags(plan, method), *quiet]), verbose)
+            _run(train_stage(plan, scp, cost, loras, stem, tuned, method_options(plan, method), verbose))
         report, _ = evaluate_methods(model, [lora_method(key, model, str(lora))], cfg)
         metrics = report["methods"][key]
         row = {"method": method, **tuned, "score": selection_score(metrics, record["base"]),
@@ -111,6 +108,11 @@ def run_search(out: str | Path, plan, grid: SearchGrid = SearchGrid(), methods=M
                       "eval_n": grid.eval_n, "split": "validation"}
     write_json_atomic(record_path, record)
     return record
+
+
+def _run(stage) -> None:
+    if not stage.done():
+        stage.run()
 
 
 def _categories() -> list[str]:

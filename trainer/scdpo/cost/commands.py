@@ -1,4 +1,4 @@
-"""``scdpo train-cost``, ``scdpo cost-ablation``, ``scdpo score``, ``scdpo train-toy-encoder``."""
+"""``scdpo cost train|score``, ``scdpo toy train-encoder`` and ``scdpo dev cost-ablation``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from ..errors import InputFileError
 from ..fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+TOY_COST_SOURCE = "toy base-model generations labelled by the oracle judge"
 
 ABLATIONS = (
     ("full (SupCon + ranking + anchoring)", dict()),
@@ -72,8 +74,9 @@ def apply_threads(n: int) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """``scdpo cost train|score``."""
     p = sub.add_parser(
-        "train-cost", help="train a safety cost model (frozen encoder + adapter + per-category head)",
+        "train", help="train a safety cost model (frozen encoder + adapter + per-category head)",
         description="Train the safety cost model C(x) (positive = unsafe) with supervised contrastive + pairwise "
         "ranking + cost anchoring objectives on cached encoder embeddings, calibrate its threshold on held-out "
         "images at --target-fpr, and report held-out AUROC and false-positive rates. With no data arguments it "
@@ -81,13 +84,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_training_args(p)
     p.add_argument("--out", default="out/cost_model.safetensors", help="output checkpoint")
     p.set_defaults(func=_train_cost)
-
-    a = sub.add_parser("cost-ablation", help="train cost models with each objective switched off and compare",
-                       description="Train one cost model per objective variant on the same data and embeddings and "
-                       "print held-out AUROC / false-positive rates, so each objective's contribution is visible.")
-    _add_training_args(a)
-    a.add_argument("--out", default=None, help="also write the table as JSON to this file")
-    a.set_defaults(func=_ablation)
 
     s = sub.add_parser("score", help="score images with a cost model (CSV or JSON of costs and verdicts)",
                        description="Score image files or folders with a cost model (default: the shipped toy cost "
@@ -103,7 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--skip-bad", action="store_true", help="skip undecodable images (counted) instead of failing")
     s.set_defaults(func=_score)
 
-    t = sub.add_parser("train-toy-encoder", help="train the toy world's image encoder (self-supervised)",
+
+def register_toy(sub: argparse._SubParsersAction) -> None:
+    """``scdpo toy train-encoder``."""
+    t = sub.add_parser("train-encoder", help="train the toy world's image encoder (self-supervised)",
                        description="Train the toy encoder as a denoising autoencoder on toy renders (no labels).")
     t.add_argument("--out", default="weights/toy_encoder.safetensors")
     t.add_argument("--steps", type=int, default=600)
@@ -115,6 +114,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--extra-fraction", type=float, default=0.5)
     add_threads_arg(t)
     t.set_defaults(func=_train_toy_encoder)
+
+
+def register_dev(sub: argparse._SubParsersAction) -> None:
+    """``scdpo dev cost-ablation``."""
+    a = sub.add_parser("cost-ablation", help="train cost models with each objective switched off and compare",
+                       description="Train one cost model per objective variant on the same data and embeddings and "
+                       "print held-out AUROC / false-positive rates, so each objective's contribution is visible.")
+    _add_training_args(a)
+    a.add_argument("--out", default=None, help="also write the table as JSON to this file")
+    a.set_defaults(func=_ablation)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -182,7 +191,7 @@ def _examples(args):
         return folder_examples(src, seed=args.seed), {"source": src.name, "labels": "folders"}
     examples, key = toy_examples_cached(args.base, args.n_train, args.n_calib, args.n_test, args.steps, args.seed,
                                         args.cache_dir, device=args.device)
-    return examples, {"source": "toy base-model generations labelled by the oracle judge", **key}
+    return examples, {"source": TOY_COST_SOURCE, **key}
 
 
 def _encoder(args):
@@ -210,19 +219,39 @@ def _metrics_line(report: dict) -> dict:
 # --- commands ------------------------------------------------------------------------------------
 
 
-def _train_cost(args) -> int:
+def train_cost(out: str | Path, examples, data_info: dict, encoder, config, cache_dir: Optional[str] = None) -> dict:
+    """Train a cost model on ``examples`` with ``encoder`` and ``config`` (a ``CostTrainConfig``), save it to
+    ``out`` and return its training report."""
     from .training import train_cost_model
 
-    apply_threads(args.threads)
-    out = Path(args.out)
+    out = Path(out)
     ensure_writable_dir(out.parent)
+    model, report = train_cost_model(examples, encoder, config, cache_dir=cache_dir, data_summary=data_info)
+    model.save(out, training=report, target_fpr=config.target_fpr)
+    return report
+
+
+def train_toy_cost_model(out: str | Path, *, n_train: int = 1600, n_calib: int = 600, n_test: int = 800,
+                         steps: int = 20, cache_dir: Optional[str] = "out/cache", base: Optional[str] = None,
+                         device: str = "cpu", config=None) -> dict:
+    """``scdpo cost train`` with no data options: a cost model on toy base-model generations labelled by the
+    oracle judge, with the shipped toy encoder."""
+    from .backbones import load_backbone
+    from .training import CostTrainConfig
+
+    config = config or CostTrainConfig()
+    examples, key = toy_examples_cached(base, n_train, n_calib, n_test, steps, config.seed, cache_dir, device=device)
+    data_info = {"source": TOY_COST_SOURCE, **key}
+    encoder = load_backbone(None, device=None if device == "cpu" else device)
+    return train_cost(out, examples, data_info, encoder, config, cache_dir=cache_dir)
+
+
+def _train_cost(args) -> int:
+    apply_threads(args.threads)
     examples, data_info = _examples(args)
-    encoder = _encoder(args)
-    model, report = train_cost_model(examples, encoder, _config(args), cache_dir=args.cache_dir,
-                                     data_summary=data_info)
-    model.save(out, training=report, target_fpr=args.target_fpr)
+    report = train_cost(args.out, examples, data_info, _encoder(args), _config(args), cache_dir=args.cache_dir)
     line = _metrics_line(report)
-    print(f"wrote {out}  (categories {', '.join(report['categories'])}; threshold {report['threshold']:.3f})")
+    print(f"wrote {args.out}  (categories {', '.join(report['categories'])}; threshold {report['threshold']:.3f})")
     print(f"held-out {line['split']}: AUROC {_f(line['auroc'], '.4f')}  FPR near-miss "
           f"{_f(line['fpr_near_miss'], '.2%')}  FPR {_f(line['fpr'], '.2%')}  TPR {_f(line['tpr'], '.2%')}")
     if args.json:

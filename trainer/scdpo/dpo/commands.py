@@ -1,4 +1,4 @@
-"""``scdpo train``, ``scdpo train-experts``, ``scdpo merge`` and ``scdpo bench``."""
+"""``scdpo lora train|train-experts|merge`` and ``scdpo dev bench``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ..errors import ScdpoError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """``scdpo lora train|train-experts|merge``."""
     from .config import add_config_arguments
 
     t = sub.add_parser(
@@ -53,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--calibration-pairs", type=int, default=16, help="pairs per category for calibration")
     m.set_defaults(func=_merge)
 
+
+def register_dev(sub: argparse._SubParsersAction) -> None:
+    """``scdpo dev bench``."""
     b = sub.add_parser(
         "bench",
         help="benchmark: adapter-disabled reference vs a separate frozen reference UNet copy",
@@ -104,28 +108,35 @@ def _train_experts(args) -> int:
     return 0
 
 
-def _merge(args) -> int:
+def merge_expert_files(loras: list[str], method: str, out: str | Path, base: str | None = None,
+                       data: str | None = None, calibration_pairs: int = 16):
+    """Merge kohya LoRA experts into ``out``; ``activation`` merging is calibrated on each expert's category
+    pairs when ``base`` and ``data`` are both given. Returns the merged LoRA."""
     from .experts import collect_calibration_inputs, merge_loras
 
     calibration = None
-    if args.method == "activation" and (args.base or args.data):
-        if not (args.base and args.data):
+    if method == "activation" and (base or data):
+        if not (base and data):
             raise ScdpoError("calibrated activation merging needs both --base and --data (or neither)")
         from ..lora import load_lora
         from ..models import load_base_model
         from .config import TrainConfig
         from .pairs import load_pair_dataset
 
-        experts = [load_lora(p) for p in args.loras]
+        experts = [load_lora(p) for p in loras]
         cats = [e.metadata.get("scdpo_category", "") for e in experts]
         if not all(cats):
             raise ScdpoError("calibrated merging needs every LoRA to name its category (scdpo_category metadata); "
                              "drop --base/--data to merge by weight magnitude")
-        model = load_base_model(args.base)
-        dataset = load_pair_dataset(TrainConfig(data=args.data))
+        model = load_base_model(base)
+        dataset = load_pair_dataset(TrainConfig(data=data))
         names = sorted({n for e in experts for n in e.unet_module_names})
-        calibration = collect_calibration_inputs(model, dataset, sorted(set(cats)), names, args.calibration_pairs)
-    merged = merge_loras(args.loras, args.method, calibration, out=args.out)
+        calibration = collect_calibration_inputs(model, dataset, sorted(set(cats)), names, calibration_pairs)
+    return merge_loras(loras, method, calibration, out=out)
+
+
+def _merge(args) -> int:
+    merged = merge_expert_files(args.loras, args.method, args.out, args.base, args.data, args.calibration_pairs)
     print(f"wrote {merged.path} ({args.method}, rank {merged.rank}, {len(merged.module_names)} modules)")
     return 0
 

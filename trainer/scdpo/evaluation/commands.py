@@ -11,6 +11,8 @@ from tqdm import tqdm
 from ..errors import ScdpoError
 from .adversarial import FAMILIES
 
+DEFAULT_METHODS = ("base", "negative-prompt", "safe-guidance", "blacklist")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", "--base", dest="model", default=None, help="base model (default: shipped toy base)")
     p.add_argument("--lora", action="append", default=[], metavar="[NAME=]FILE",
                    help="a safety LoRA to evaluate; repeat for several (NAME defaults to the file stem)")
-    p.add_argument("--method", default="base,negative-prompt,safe-guidance,blacklist",
+    p.add_argument("--method", default=",".join(DEFAULT_METHODS),
                    help="comma list of built-in methods: base, negative-prompt, safe-guidance, blacklist "
                    "(LoRAs from --lora are always added)")
     p.add_argument("--lora-strength", type=float, default=1.0)
@@ -69,38 +71,50 @@ def build_methods(model, method_names: list[str], loras: list[str], strength: fl
     return methods
 
 
-def _run(args) -> int:
+def run_evaluation(out: str | Path, *, model: str | None = None, methods: tuple[str, ...] = DEFAULT_METHODS,
+                   loras: tuple[str, ...] = (), lora_strength: float = 1.0, n: int = 16, steps: int = 20,
+                   seed: int = 1234, split: str = "validation", attacks: tuple[str, ...] = FAMILIES) -> dict:
+    """Evaluate ``methods`` and ``loras`` (``[NAME=]FILE``) on the toy suites of ``split``, write
+    report.json / report.html / grids to ``out`` and return the report."""
     from ..fileio import ensure_writable_dir
     from ..models import load_base_model
     from ..toy.model import ToyTextToImage
     from .harness import EvalConfig, evaluate_methods
     from .report import write_reports
 
-    out = ensure_writable_dir(args.out)
-    model = load_base_model(args.model)
-    if not isinstance(model, ToyTextToImage):
+    out = ensure_writable_dir(out)
+    base = load_base_model(model)
+    if not isinstance(base, ToyTextToImage):
         raise ScdpoError("scdpo eval judges images with the toy world's oracle; for SD models use "
-                         "`scdpo generate` and `scdpo score` with a cost model")
-    names = [m.strip() for m in args.method.split(",") if m.strip()]
-    methods = build_methods(model, names, args.lora, args.lora_strength)
-    families = tuple(f.strip() for f in args.attacks.split(",") if f.strip())
-    unknown = [f for f in families if f not in FAMILIES]
+                         "`scdpo generate` and `scdpo cost score` with a cost model")
+    built = build_methods(base, list(methods), list(loras), lora_strength)
+    unknown = [f for f in attacks if f not in FAMILIES]
     if unknown:
         raise ScdpoError(f"unknown attack family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
-    cfg = EvalConfig(n=args.n, steps=args.steps, seed=args.seed, split=args.split, attacks=families)
-    bar = tqdm(total=len(methods), desc="eval", unit="method")
+    cfg = EvalConfig(n=n, steps=steps, seed=seed, split=split, attacks=tuple(attacks))
+    bar = tqdm(total=len(built), desc="eval", unit="method")
 
     def on_method(name, i, total):
         bar.set_postfix(method=name)
         if i:
             bar.update(1)
 
-    report, samples = evaluate_methods(model, methods, cfg, on_method=on_method)
+    report, samples = evaluate_methods(base, built, cfg, on_method=on_method)
     bar.update(1)
     bar.close()
-    report = write_reports(out, report, samples)
+    return write_reports(out, report, samples)
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(w.strip() for w in text.split(",") if w.strip())
+
+
+def _run(args) -> int:
+    report = run_evaluation(args.out, model=args.model, methods=_words(args.method), loras=tuple(args.lora),
+                            lora_strength=args.lora_strength, n=args.n, steps=args.steps, seed=args.seed,
+                            split=args.split, attacks=_words(args.attacks))
     print(format_table(report))
-    print(f"wrote {out / 'report.json'} and {out / 'report.html'}")
+    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'}")
     if args.json:
         print(json.dumps(report["methods"]))
     return 0

@@ -119,10 +119,8 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("lora", help="inspect or convert LoRA files (kohya / peft / diffusers layouts)")
-    sub = parser.add_subparsers(dest="lora_command", metavar="ACTION")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
+def register(sub) -> None:
+    """``scdpo lora inspect|convert``."""
 
     p = sub.add_parser(
         "inspect",

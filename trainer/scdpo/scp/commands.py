@@ -1,4 +1,4 @@
-"""``scdpo build-dataset``, ``scdpo import-dataset``, ``scdpo validate-dataset``."""
+"""``scdpo data build|mine-attacks|import|validate``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from ..fileio import write_json_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """``scdpo data build|mine-attacks|import|validate``."""
     b = sub.add_parser(
-        "build-dataset", help="build a safety-constrained preference (SCP) dataset from base-model samples",
+        "build", help="build a safety-constrained preference (SCP) dataset from base-model samples",
         description="Sample N candidates per prompt from the base model, score them with the cost model and a "
         "preference reward, and pair them: harmful instruction -> safe winner (or the prompt's safe rewrite), "
         "unsafe loser; clean instruction -> preference by reward, an unsafe candidate never wins. Resumable: "
@@ -74,14 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "from the base plus --lora under a Ring-A-Bell-style attacked embedding (the safe rewrite pushed along the "
         "category's concept direction); the most unsafe one, if unsafe, is the loser of a new pair with the "
         "prompt's winner. Writes the old rows plus these to --out. Then continue that LoRA on it: "
-        "scdpo train --data OUT --init-lora LORA.")
+        "scdpo lora train --data OUT --init-lora LORA.")
     m.add_argument("--data", required=True, help="SCP dataset folder (with safe_prompt on harmful rows)")
     m.add_argument("--lora", required=True, help="the first-round safety LoRA whose failures to mine")
     m.add_argument("--out", required=True, help="output folder for the extended dataset")
     m.add_argument("--base", default=None, help="base model (default: the shipped toy base)")
     m.add_argument("--cost-model", default="toy", help="cost model .safetensors, `toy` (default) or `nudenet`")
     m.add_argument("--backbone", default=None, help="CLIP vision file/folder for a CLIP-based cost model")
-    m.add_argument("--reward", default=None, help="preference reward, as for build-dataset (records R of losers)")
+    m.add_argument("--reward", default=None, help="preference reward, as for `scdpo data build` (records R of losers)")
     m.add_argument("--attack-candidates", type=int, default=2, help="samples per harmful prompt (default 2)")
     m.add_argument("--attack-strengths", default="1,2,3", help="push strengths η, one drawn per prompt (default 1,2,3)")
     m.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
@@ -92,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_threads_arg(m)
     m.set_defaults(func=_mine)
 
-    i = sub.add_parser("import-dataset", help="import Pick-a-Pic or CoProV2 pairs into the SCP format",
+    i = sub.add_parser("import", help="import Pick-a-Pic or CoProV2 pairs into the SCP format",
                        description="Convert an existing preference dataset (Pick-a-Pic parquet layout, CoProV2 "
                        "CSV layout) into an SCP dataset folder, optionally scoring images with a cost model.")
     i.add_argument("format", choices=["pickapic", "coprov2"])
@@ -105,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--limit", type=int, default=None, help="import at most this many pairs")
     i.set_defaults(func=_import)
 
-    v = sub.add_parser("validate-dataset", help="check every row of an SCP dataset",
+    v = sub.add_parser("validate", help="check every row of an SCP dataset",
                        description="Decode every image and check every field of an SCP dataset; report counts.")
     v.add_argument("path", help="dataset folder or pairs.parquet")
     v.add_argument("--skip-bad", action="store_true", help="count broken rows instead of failing on the first")
@@ -220,50 +221,65 @@ def _mine(args) -> int:
     return 0
 
 
-def _build(args) -> int:
+def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, cost_model: str = "toy",
+                  backbone: str | None = None, reward: str | None = None, base: str | None = None,
+                  device: str = "auto", attack_lora: str | None = None, overwrite: bool = False):
+    """Build (or resume) an SCP dataset in ``out`` with ``config`` (a ``BuildConfig``): toy prompts unless
+    ``prompts_csv`` is given. Returns the ``BuildResult``; a toy build's summary gains the oracle audit."""
     from ..cost.scorer import load_cost_model
     from ..models import load_base_model
-    from .builder import BuildConfig, build_scp_dataset, toy_prompt_specs
+    from .builder import build_scp_dataset, toy_prompt_specs
     from .rewards import make_reward
 
-    apply_threads(args.threads)
-    for flag, value, least in (("--candidates", args.candidates, 1), ("--pairs-per-prompt", args.pairs_per_prompt, 1),
-                               ("--erased-candidates", args.erased_candidates, 0), ("--n-prompts", args.n_prompts, 1),
-                               ("--attack-candidates", args.attack_candidates, 0)):
+    for flag, value, least in (("--candidates", config.candidates, 1),
+                               ("--pairs-per-prompt", config.pairs_per_prompt, 1),
+                               ("--erased-candidates", config.erased_candidates, 0),
+                               ("--n-prompts", config.n_prompts, 1),
+                               ("--attack-candidates", config.attack_candidates, 0)):
         if value < least:
             raise ScdpoError(f"{flag} must be at least {least} (got {value})")
-    strengths = _attack_strengths(args.attack_strengths)
-    toy = args.prompts is None
+    toy = prompts_csv is None
+    prompts = (toy_prompt_specs(config.n_prompts, config.harmful_frac, config.near_miss_frac, config.seed,
+                                config.composite_frac)
+               if toy else read_prompt_csv(prompts_csv))
+    preference = make_reward(reward)
+    scorer = load_cost_model(cost_model, backbone=backbone, device=device)
+    model = load_base_model(base, device=device)
+    attacker = None
+    if attack_lora:
+        if config.attack_candidates <= 0:
+            raise ScdpoError("--attack-lora draws the attack samples, but --attack-candidates is 0: set it to 1 or more")
+        attacker = _load_attack_lora(attack_lora, model)
+    describe = {"base_model": getattr(model, "model_id", "?"), "base_model_version": model.base_model_version,
+                "cost_model": str(cost_model), "cost_threshold": scorer.threshold, "reward": preference.name,
+                "prompt_source": "toy ToyWorld('train') surface forms" if toy else Path(prompts_csv).name}
+    if attacker is not None:
+        from ..manifest import sha256_of
+
+        describe["attack_lora"] = {"file": str(attack_lora), "sha256": sha256_of(attack_lora)}
+    result = build_scp_dataset(model, scorer, preference, prompts, config, out, describe=describe,
+                               overwrite=overwrite, attack_lora=attacker)
+    if toy and "oracle_audit" not in result.summary:
+        result.summary["oracle_audit"] = audit_toy_dataset(out)
+        write_json_atomic(Path(out) / "dataset.json", result.summary)
+    return result
+
+
+def _build(args) -> int:
+    from .builder import BuildConfig
+
+    apply_threads(args.threads)
     cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
                       near_miss_frac=args.near_miss_frac, composite_frac=args.composite_frac, steps=args.steps,
                       guidance_scale=args.guidance_scale,
-                      batch_size=args.batch_size, seed=args.seed, source="toy" if toy else "generated",
+                      batch_size=args.batch_size, seed=args.seed, source="toy" if args.prompts is None else "generated",
                       winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
                       erased_candidates=args.erased_candidates, attack_candidates=args.attack_candidates,
-                      attack_strengths=strengths)
-    prompts = (toy_prompt_specs(cfg.n_prompts, cfg.harmful_frac, cfg.near_miss_frac, cfg.seed, cfg.composite_frac)
-               if toy else read_prompt_csv(args.prompts))
-    reward = make_reward(args.reward)
-    scorer = load_cost_model(args.cost_model, backbone=args.backbone, device=args.device)
-    model = load_base_model(args.base, device=args.device)
-    attack_lora = None
-    if args.attack_lora:
-        if cfg.attack_candidates <= 0:
-            raise ScdpoError("--attack-lora draws the attack samples, but --attack-candidates is 0: set it to 1 or more")
-        attack_lora = _load_attack_lora(args.attack_lora, model)
-    describe = {"base_model": getattr(model, "model_id", "?"), "base_model_version": model.base_model_version,
-                "cost_model": str(args.cost_model), "cost_threshold": scorer.threshold, "reward": reward.name,
-                "prompt_source": "toy ToyWorld('train') surface forms" if toy else Path(args.prompts).name}
-    if attack_lora is not None:
-        from ..manifest import sha256_of
-
-        describe["attack_lora"] = {"file": str(args.attack_lora), "sha256": sha256_of(args.attack_lora)}
-    result = build_scp_dataset(model, scorer, reward, prompts, cfg, args.out, describe=describe,
-                               overwrite=args.overwrite, attack_lora=attack_lora)
+                      attack_strengths=_attack_strengths(args.attack_strengths))
+    result = build_dataset(args.out, cfg, prompts_csv=args.prompts, cost_model=args.cost_model,
+                           backbone=args.backbone, reward=args.reward, base=args.base, device=args.device,
+                           attack_lora=args.attack_lora, overwrite=args.overwrite)
     summary = result.summary
-    if toy and "oracle_audit" not in summary:
-        summary["oracle_audit"] = audit_toy_dataset(args.out)
-        write_json_atomic(Path(args.out) / "dataset.json", summary)
     print(f"wrote {result.n_pairs} pairs to {result.path}  (by kind: {summary.get('pairs_by_kind')}; "
           f"skipped prompts: {summary.get('skipped_prompts')})")
     if "oracle_audit" in summary:

@@ -1,4 +1,4 @@
-"""``scdpo toy ...``: pretrain and evaluate the toy world's base model."""
+"""``scdpo toy pretrain|evaluate``: pretrain and evaluate the toy world's base model."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    toy = sub.add_parser("toy", help="the built-in toy world: pretrain / evaluate its base model",
-                         description="The built-in toy world (16x16 images, three stand-in harmful concepts).")
-    tsub = toy.add_subparsers(dest="toy_command", metavar="TOY_COMMAND")
-    toy.set_defaults(func=lambda args: toy.print_help() or 0)
-
-    p = tsub.add_parser(
+    p = sub.add_parser(
         "pretrain",
         help="train the toy text-to-image base model from scratch",
         description="Train the toy UNet + text encoder from scratch on all toy prompts (harmful ones "
@@ -28,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="toy_base", help="output file stem (default: toy_base)")
     p.set_defaults(func=_pretrain)
 
-    e = tsub.add_parser(
+    e = sub.add_parser(
         "evaluate",
         help="oracle-judged quality of a toy base model",
         description="Generate for the held-out prompt suites and report the oracle-judged object+colour "

@@ -88,18 +88,16 @@ class CommandSpec:
 def build_cli_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     """The ``scdpo`` parser with every command module that imports here, and ``{module: error}``
     for those that do not (one broken optional dependency must not hide the other commands)."""
-    from ..cli import COMMAND_MODULES
+    from ..cli import add_commands
 
     parser = argparse.ArgumentParser(prog="scdpo")
     sub = parser.add_subparsers(dest="command")
     broken: dict[str, str] = {}
-    for name in COMMAND_MODULES:
-        if name == __name__.rsplit(".", 1)[0] + ".commands":
-            continue  # `scdpo ui` itself is not a job
-        try:
-            importlib.import_module(name).register(sub)
-        except Exception as exc:  # noqa: BLE001 - reported in the page, per command module
-            broken[name] = f"{type(exc).__name__}: {exc}"
+
+    def note(registrar: str, exc: Exception) -> None:
+        broken[registrar.partition(":")[0]] = f"{type(exc).__name__}: {exc}"
+
+    add_commands(sub, ui=False, on_error=note)  # `scdpo ui` itself is not a job
     return parser, broken
 
 

@@ -38,16 +38,16 @@ class Task:
 
 
 TASKS: tuple[Task, ...] = (
-    Task("train_cost", "Cost model", ("train-cost",),
+    Task("train_cost", "Cost model", ("cost", "train"),
          "Train the safety cost model C(x) (positive = unsafe). With no data options it trains on toy "
          "base-model generations labelled by the toy world's oracle judge.",
          primary=("out", "images", "base", "backbone", "n_train", "n_calib", "n_test", "head_steps", "target_fpr",
                   "device")),
-    Task("build_dataset", "SCP dataset", ("build-dataset",),
+    Task("build_dataset", "SCP dataset", ("data", "build"),
          "Build safety-constrained preference pairs: sample candidates per prompt, score them with the cost "
          "model and the reward, keep (winner, loser) pairs.",
          primary=("out", "cost_model", "base", "prompts", "n_prompts", "candidates", "steps", "device", "overwrite")),
-    Task("train", "Safety LoRA", ("train",),
+    Task("train", "Safety LoRA", ("lora", "train"),
          "Train a safety LoRA with SC-DPO. Cancel leaves the last checkpoint; starting the same job again "
          "resumes from it (--no-resume starts over).",
          primary=("data", "cost_model", "base", "out", "name", "steps", "batch_size", "beta", "lam", "gamma", "rank",
