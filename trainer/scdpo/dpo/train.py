@@ -1,11 +1,12 @@
 """Training a safety LoRA with SC-DPO (or Diffusion-DPO / a SafetyDPO expert: same loop).
 
-Read top to bottom: config → accelerator → model + LoRA → data → optimiser + schedule →
-(resume) → loop → checkpoint → export. Every random draw of micro-batch ``k`` on process ``r``
-(which pairs, prompt dropout, ε, t) is a pure function of ``(seed, k, r)`` and the learning rate
-a pure function of the step, so resuming from the checkpoint of step ``s`` (LoRA + optimiser +
-LR scheduler + RNG + data position) replays steps ``s+1..N`` exactly: a run killed with ``-9``
-and restarted with the same command ends with the same LoRA as an uninterrupted run.
+Read :func:`train_lora` top to bottom: config → accelerator → model → data → LoRA → a
+:class:`_TrainingRun` (optimiser + LR schedule) → resume → loop → checkpoint → export. Every
+random draw of micro-batch ``k`` on process ``r`` (which pairs, prompt dropout, ε, t) is a pure
+function of ``(seed, k, r)`` and the learning rate a pure function of the step, so resuming from
+the checkpoint of step ``s`` (LoRA + optimiser + LR scheduler + RNG + data position) replays steps
+``s+1..N`` exactly: a run killed with ``-9`` and restarted with the same command ends with the same
+LoRA as an uninterrupted run.
 
 Outputs in ``cfg.out``: ``<name>.safetensors`` (kohya LoRA), ``<name>.config.toml`` (resolved
 config), ``logs/<name>/`` (TensorBoard), and while training ``<name>.state.safetensors``.
@@ -16,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -153,61 +155,44 @@ def _training_metadata(cfg: TrainConfig, model, summary: dict[str, Any], started
     return meta
 
 
-def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool = True,
-               stop_after: Optional[int] = None, keep_adapter: bool = False) -> Path:
-    """Train a safety LoRA and write it (kohya format) to ``<out>/<name>.safetensors``; returns its path.
+def _load_base_model(cfg: TrainConfig, accelerator, mixed_precision: str):
+    """The base model of ``cfg.base`` on the training device, in the mixed-precision dtype."""
+    from ..models import load_base_model
 
-    ``model``: a :class:`~scdpo.pipeline.TextToImageModel` (default: ``load_base_model(config.base)``);
-    its UNet gets a temporary training adapter (peft adapter ``scdpo_train``) that is removed
-    again before returning, so the same in-memory model can train several LoRAs; with
-    ``keep_adapter=True`` the trained adapter stays attached and active (frozen) instead. ``dataset``: a pair dataset (default: from
-    ``config.data``). ``stop_after``: stop after this many optimiser steps of this call, leaving
-    only the checkpoint (tests use it to simulate an interruption); the state path is returned.
-    """
-    from accelerate import Accelerator
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    return load_base_model(cfg.base, device=str(accelerator.device), dtype=weight_dtype)
 
-    cfg = config.validate()
-    mixed_precision = resolve_mixed_precision(cfg)
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=mixed_precision)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    paths = output_paths(cfg)
-    if accelerator.is_main_process:
-        ensure_writable_dir(paths["lora"].parent)
 
-    owns_model = model is None
-    if model is None:
-        from ..models import load_base_model
-
-        weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-        model = load_base_model(cfg.base, device=str(accelerator.device), dtype=weight_dtype)
-    dataset = dataset if dataset is not None else load_pair_dataset(cfg)
-    indices = select_pairs(dataset, cfg.categories, cfg.clean_pairs)
-    order = PairOrder(indices, cfg.seed)
-
+def _batch_source(cfg: TrainConfig, accelerator, model, dataset, indices: list[int], inputs_path: Path,
+                  progress: bool) -> Callable[[list[int]], Any]:
+    """Pair indices → a training batch: from inputs encoded once before training (``cache_inputs``,
+    main process first, the others then read its file) or collated from the dataset every step."""
     if cfg.cache_inputs:
         with accelerator.main_process_first():
-            inputs = encoded_inputs(model, dataset, indices, paths["inputs"], cfg.data,
+            inputs = encoded_inputs(model, dataset, indices, inputs_path, cfg.data,
                                     progress=progress and accelerator.is_main_process)
-        make_batch = inputs.batch
         if cfg.concept_augment > 0 and not any(bool(d.abs().sum() > 0) for d in inputs.concept_directions().values()):
             log.warning("concept augmentation has no direction to push along: the selected harmful pairs need a "
                         "safe_prompt (their safe rewrite) or clean / near-miss pairs to compare with")
-    else:
-        attack = sum(1 for i in indices if pair_texts(dataset, i)[2])
-        if attack:
-            raise ScdpoError(f"{attack} of the selected pairs are attack pairs (concept_push set), which train on "
-                             "a pushed text embedding that only the encoded inputs provide: drop --no-cache-inputs, "
-                             "or build the data with --attack-candidates 0")
+        return inputs.batch
+    attack = sum(1 for i in indices if pair_texts(dataset, i)[2])
+    if attack:
+        raise ScdpoError(f"{attack} of the selected pairs are attack pairs (concept_push set), which train on "
+                         "a pushed text embedding that only the encoded inputs provide: drop --no-cache-inputs, "
+                         "or build the data with --attack-candidates 0")
 
-        def make_batch(idx: list[int]):
-            return collate_pairs([dataset[i] for i in idx])
+    def collated(idx: list[int]):
+        return collate_pairs([dataset[i] for i in idx])
 
+    return collated
+
+
+def _attach_lora(cfg: TrainConfig, model) -> list[torch.nn.Parameter]:
+    """Add the training adapter to ``model.unet`` (fresh, or ``cfg.init_lora``'s weights for a second
+    round; a resumed run then loads its checkpoint over them); returns its trainable parameters."""
     unet = model.unet
-    unet.to(accelerator.device)
     lora_params = attach_training_lora(unet, cfg.rank, cfg.alpha, cfg.lora_target_modules(), seed=cfg.seed)
-    if cfg.init_lora:  # a second round: continue from a finished LoRA (a resumed run then loads its checkpoint)
+    if cfg.init_lora:
         from ..lora.peft_bridge import load_into_adapter
 
         try:
@@ -216,7 +201,215 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
         except Exception:
             remove_lora(unet, TRAIN_ADAPTER)
             raise
-    policy = None
+    return lora_params
+
+
+class _TrainingRun:
+    """A run's optimiser, LR schedule and position: what a checkpoint saves and :meth:`resume` restores.
+
+    Lifecycle: construct (optimiser + schedule) → :meth:`resume` (into the plain optimiser) →
+    :meth:`prepare` (accelerate wraps the UNet and optimiser) → :meth:`train` → :meth:`export`, or
+    :meth:`checkpoint` when stopped early.
+    """
+
+    def __init__(self, cfg: TrainConfig, accelerator, model, lora_params: list[torch.nn.Parameter],
+                 paths: dict[str, Path]):
+        self.cfg, self.accelerator, self.model, self.paths = cfg, accelerator, model, paths
+        self.unet, self.lora_params = model.unet, lora_params
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.optimizer = _build_optimizer(cfg, lora_params)
+        # a lambda, not the bound method cfg.lr_factor: LambdaLR saves a function as None but a method's
+        # __dict__, which would change what the checkpoint holds
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cfg.lr_factor(s))
+        self.start = 0  # optimiser steps done before this process began
+        self.ema = _Ema()
+        self.seconds_before = 0.0  # training time of the processes this run resumes
+        self.started_at = time.time()  # wall clock of the run's first start
+        self.resumed_at = self.started_at  # wall clock when this process's first step began
+        self.policy = self.policy_call = self.reference_call = None
+
+    def resume(self) -> None:
+        """Restore the LoRA, optimiser, LR schedule, RNG states, EMAs and clock from the checkpoint, if
+        there is one and ``cfg.resume``; checks first that it was written by the same options."""
+        cfg, state_path = self.cfg, self.paths["state"]
+        if not (cfg.resume and state_path.exists()):
+            return
+        tensors, meta = load_training_checkpoint(state_path, STATE_KIND)
+        _check_resumable(meta.get("config", {}), cfg, state_path, self.world, int(meta.get("world_size", 1)))
+        with torch.no_grad():
+            for name, param in lora_named_parameters(self.unet).items():
+                if f"lora.{name}" not in tensors:
+                    raise ScdpoError(f"{state_path} lacks LoRA tensor {name}; pass --no-resume to start over")
+                param.copy_(tensors[f"lora.{name}"])
+        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        self.scheduler.load_state_dict(meta["scheduler"])
+        set_rng_state(meta.get("rng", {}))
+        if "python_rng" in meta:  # JSON turned the state tuple into lists
+            version, internal, gauss = meta["python_rng"]
+            random.setstate((version, tuple(internal), gauss))
+        self.start, self.seconds_before = int(meta["step"]), float(meta.get("elapsed_seconds", 0.0))
+        if self.start > cfg.steps:
+            raise ScdpoError(f"{state_path} is at step {self.start}, past --steps {cfg.steps}; raise --steps "
+                             "or pass --no-resume to start over")
+        self.started_at = float(meta.get("started_at", self.started_at))
+        self.ema = _Ema(values=meta.get("ema", {}))
+        if self.accelerator.is_main_process:
+            log.info("resuming from %s at step %d/%d", state_path, self.start, cfg.steps)
+
+    def prepare(self) -> None:
+        """Hand the UNet and optimiser to accelerate (DDP wrapper, mixed precision); the reference is the
+        same UNet with its adapter disabled."""
+        self.policy, self.optimizer = self.accelerator.prepare(self.unet, self.optimizer)
+        self.policy_call, self.reference_call = unet_call(self.policy), disabled_adapter_reference(self.unet)
+
+    def seconds(self) -> float:
+        """Training time of the whole run so far, resumed processes included."""
+        return self.seconds_before + time.time() - self.resumed_at
+
+    def train(self, order: PairOrder, make_batch: Callable[[list[int]], Any], stop_after: Optional[int],
+              progress: bool) -> int:
+        """Optimiser steps from where the run stands to ``cfg.steps`` (at most ``stop_after`` of them),
+        logging and checkpointing on the way; returns the number of steps done."""
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        cfg, main = self.cfg, self.accelerator.is_main_process
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.start + max(0, stop_after))
+        writer = SummaryWriter(str(self.paths["logs"]), purge_step=self.start) if main else None
+        bar = tqdm(total=cfg.steps, initial=self.start, desc=f"{cfg.method} {cfg.name}", unit="step",
+                   disable=not (progress and main), dynamic_ncols=True)
+        self.resumed_at = time.time()
+        done = self.start
+        for step in range(self.start, end):
+            scalars, grad_norm = self.step(step, order, make_batch)
+            self.ema.update(scalars)
+            done = step + 1
+            if writer is not None and (done % max(1, cfg.log_every) == 0 or done == cfg.steps):
+                self.log(writer, done, scalars, grad_norm)
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.ema.values['loss']:.4f}", acc=f"{self.ema.values['implicit_accuracy']:.2f}")
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                self.checkpoint(done)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        return done
+
+    def step(self, step: int, order: PairOrder, make_batch: Callable[[list[int]], Any]
+             ) -> tuple[dict[str, float], Optional[float]]:
+        """Optimiser step ``step`` (0-based): ``grad_accum`` micro-batches, clipping, update. Returns the
+        logged scalars (mean over micro-batches and processes) and the gradient norm before clipping
+        (None when clipping is off)."""
+        cfg, accelerator = self.cfg, self.accelerator
+        sums = torch.zeros(len(_LOG_KEYS), dtype=torch.float64)
+        for micro in range(cfg.grad_accum):
+            micro_step = step * cfg.grad_accum + micro
+            batch = make_batch(order.batch(micro_step, self.rank, self.world, cfg.batch_size))
+            sync = micro == cfg.grad_accum - 1  # processes exchange gradients once, on the last micro-batch
+            with (contextlib.nullcontext() if sync else accelerator.no_sync(self.policy)), accelerator.autocast():
+                loss, diag = dpo_batch_loss(
+                    self.model, self.policy_call, self.reference_call, batch,
+                    _micro_generator(cfg.seed, micro_step, self.rank),
+                    beta=cfg.beta, lam=cfg.lam, gamma=cfg.gamma, prompt_dropout=cfg.prompt_dropout,
+                    device=accelerator.device, concept_augment=cfg.concept_augment, concept_scale=cfg.concept_scale,
+                    adversarial_share=cfg.adversarial_share, adversarial_steps=cfg.adversarial_steps,
+                    adversarial_budget=cfg.adversarial_budget, winner_anchor=cfg.winner_anchor,
+                )
+                accelerator.backward(loss / cfg.grad_accum)
+            scalars = {"loss": float(loss.detach()), **diag.scalars()}
+            sums += torch.tensor([scalars[k] for k in _LOG_KEYS], dtype=torch.float64)
+        grad_norm = None
+        if cfg.max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(self.lora_params, cfg.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        means = accelerator.reduce((sums / cfg.grad_accum).to(accelerator.device), reduction="mean").cpu()
+        return dict(zip(_LOG_KEYS, means.tolist())), grad_norm
+
+    def log(self, writer, done: int, scalars: dict[str, float], grad_norm: Optional[float]) -> None:
+        """TensorBoard scalars of the step that made ``done`` steps: ``train/<key>``, ``train/lr``,
+        ``train/grad_norm``."""
+        for key, value in scalars.items():
+            writer.add_scalar(f"train/{key}", value, done)
+        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], done)
+        # a NaN norm is left out, as it was when NaN stood for "not clipped"; an infinite one (fp16
+        # overflow) is logged, which is why this is not math.isfinite
+        if grad_norm is not None and not math.isnan(grad_norm):
+            writer.add_scalar("train/grad_norm", grad_norm, done)
+
+    def checkpoint(self, step: int) -> None:
+        """Write where the run stands after ``step`` optimiser steps to ``<name>.state.safetensors``
+        (atomically, main process); every process waits for it."""
+        cfg, world = self.cfg, self.world
+        if self.accelerator.is_main_process:
+            save_training_checkpoint(
+                self.paths["state"],
+                {f"lora.{n}": p.detach() for n, p in lora_named_parameters(self.unet).items()},
+                getattr(self.optimizer, "optimizer", self.optimizer),  # the plain optimiser inside accelerate's
+                {
+                    "step": step, "pairs_seen": step * cfg.grad_accum * cfg.batch_size * world,
+                    "world_size": world, "config": cfg.to_dict(), "scheduler": json_safe(self.scheduler.state_dict()),
+                    "rng": rng_state(), "python_rng": json_safe(random.getstate()), "ema": self.ema.values,
+                    "elapsed_seconds": self.seconds(), "started_at": self.started_at,
+                },
+                STATE_KIND,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def export(self, n_pairs: int, mixed_precision: str) -> None:
+        """Write the finished LoRA (kohya, with the training summary in its metadata) and the resolved
+        config, and remove the checkpoint and the encoded inputs (main process)."""
+        cfg, world, paths = self.cfg, self.world, self.paths
+        summary = {
+            "steps": cfg.steps, "pairs": n_pairs, "pairs_seen": cfg.steps * cfg.grad_accum * cfg.batch_size * world,
+            "total_batch_size": cfg.batch_size * cfg.grad_accum * world, "world_size": world,
+            "mixed_precision": mixed_precision, "seconds": round(self.seconds(), 1),
+            **{f"{k}_ema": round(float(v), 6) for k, v in self.ema.values.items()},
+        }
+        if self.accelerator.is_main_process:
+            tensors = peft_unet_to_kohya(self.unet, TRAIN_ADAPTER)
+            save_lora(paths["lora"], tensors, _training_metadata(cfg, self.model, summary, self.started_at))
+            save_train_config(cfg, paths["config"], header=f"scdpo train --config {paths['config'].name}\n"
+                              f"resolved configuration of {paths['lora'].name} ({cfg.method})")
+            for leftover in (paths["state"], paths["inputs"]):
+                if leftover.exists():
+                    leftover.unlink()
+        self.accelerator.wait_for_everyone()
+
+
+def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool = True,
+               stop_after: Optional[int] = None, keep_adapter: bool = False) -> Path:
+    """Train a safety LoRA and write it (kohya format) to ``<out>/<name>.safetensors``; returns its path.
+
+    ``model``: a :class:`~scdpo.pipeline.TextToImageModel` (default: ``load_base_model(config.base)``);
+    its UNet gets a temporary training adapter (peft adapter ``scdpo_train``) that is removed
+    again before returning, so the same in-memory model can train several LoRAs; with
+    ``keep_adapter=True`` the trained adapter stays attached and active (frozen) instead. ``dataset``: a pair
+    dataset (default: from ``config.data``). ``stop_after``: stop after this many optimiser steps of this call,
+    leaving only the checkpoint (tests use it to simulate an interruption); the state path is returned.
+    """
+    from accelerate import Accelerator
+
+    cfg = config.validate()
+    mixed_precision = resolve_mixed_precision(cfg)
+    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=mixed_precision)
+    paths = output_paths(cfg)
+    if accelerator.is_main_process:
+        ensure_writable_dir(paths["lora"].parent)
+
+    owns_model = model is None
+    if owns_model:
+        model = _load_base_model(cfg, accelerator, mixed_precision)
+    dataset = dataset if dataset is not None else load_pair_dataset(cfg)
+    indices = select_pairs(dataset, cfg.categories, cfg.clean_pairs)
+    order = PairOrder(indices, cfg.seed)
+    make_batch = _batch_source(cfg, accelerator, model, dataset, indices, paths["inputs"], progress)
+
+    unet = model.unet
+    unet.to(accelerator.device)
+    lora_params = _attach_lora(cfg, model)
+    run: Optional[_TrainingRun] = None
     parked = contextlib.ExitStack()
     try:
         if cfg.cache_inputs:  # the text encoders and VAE are not needed any more
@@ -224,122 +417,18 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
-        optimizer = _build_optimizer(cfg, lora_params)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cfg.lr_factor(s))
-        start, ema, elapsed, started = 0, _Ema(), 0.0, time.time()
-        if cfg.resume and paths["state"].exists():
-            tensors, meta = load_training_checkpoint(paths["state"], STATE_KIND)
-            _check_resumable(meta.get("config", {}), cfg, paths["state"], world, int(meta.get("world_size", 1)))
-            named = lora_named_parameters(unet)
-            with torch.no_grad():
-                for name, param in named.items():
-                    if f"lora.{name}" not in tensors:
-                        raise ScdpoError(f"{paths['state']} lacks LoRA tensor {name}; pass --no-resume to start over")
-                    param.copy_(tensors[f"lora.{name}"])
-            optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
-            scheduler.load_state_dict(meta["scheduler"])
-            set_rng_state(meta.get("rng", {}))
-            if "python_rng" in meta:
-                random.setstate((meta["python_rng"][0], tuple(meta["python_rng"][1]), meta["python_rng"][2]))
-            start, elapsed = int(meta["step"]), float(meta.get("elapsed_seconds", 0.0))
-            if start > cfg.steps:
-                raise ScdpoError(f"{paths['state']} is at step {start}, past --steps {cfg.steps}; raise --steps "
-                                 "or pass --no-resume to start over")
-            started = float(meta.get("started_at", started))
-            ema = _Ema(values=meta.get("ema", {}))
-            if accelerator.is_main_process:
-                log.info("resuming from %s at step %d/%d", paths["state"], start, cfg.steps)
-        policy, optimizer = accelerator.prepare(unet, optimizer)
-        policy_call, reference_call = unet_call(policy), disabled_adapter_reference(unet)
-
-        def checkpoint(step: int) -> None:
-            if accelerator.is_main_process:
-                base_opt = getattr(optimizer, "optimizer", optimizer)
-                save_training_checkpoint(
-                    paths["state"],
-                    {f"lora.{n}": p.detach() for n, p in lora_named_parameters(unet).items()},
-                    base_opt,
-                    {
-                        "step": step, "pairs_seen": step * cfg.grad_accum * cfg.batch_size * world,
-                        "world_size": world, "config": cfg.to_dict(), "scheduler": json_safe(scheduler.state_dict()),
-                        "rng": rng_state(), "python_rng": json_safe(random.getstate()), "ema": ema.values,
-                        "elapsed_seconds": elapsed + time.time() - t_resume, "started_at": started,
-                    },
-                    STATE_KIND,
-                )
-            accelerator.wait_for_everyone()
-
-        writer = SummaryWriter(str(paths["logs"]), purge_step=start) if accelerator.is_main_process else None
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"{cfg.method} {cfg.name}", unit="step",
-                   disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
-        t_resume = time.time()
-        step = start
-        for step in range(start, cfg.steps):
-            if stop_after is not None and step - start >= stop_after:
-                break
-            sums = torch.zeros(len(_LOG_KEYS), dtype=torch.float64)
-            for micro in range(cfg.grad_accum):
-                micro_step = step * cfg.grad_accum + micro
-                batch = make_batch(order.batch(micro_step, rank, world, cfg.batch_size))
-                sync = micro == cfg.grad_accum - 1
-                with (contextlib.nullcontext() if sync else accelerator.no_sync(policy)), accelerator.autocast():
-                    loss, diag = dpo_batch_loss(
-                        model, policy_call, reference_call, batch, _micro_generator(cfg.seed, micro_step, rank),
-                        cfg.beta, cfg.lam, cfg.gamma, cfg.prompt_dropout, accelerator.device,
-                        cfg.concept_augment, cfg.concept_scale,
-                        cfg.adversarial_share, cfg.adversarial_steps, cfg.adversarial_budget, cfg.winner_anchor,
-                    )
-                    accelerator.backward(loss / cfg.grad_accum)
-                scal = {"loss": float(loss.detach()), **diag.scalars()}
-                sums += torch.tensor([scal[k] for k in _LOG_KEYS], dtype=torch.float64)
-            grad_norm = float("nan")
-            if cfg.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(lora_params, cfg.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            means = accelerator.reduce((sums / cfg.grad_accum).to(accelerator.device), reduction="mean").cpu()
-            scalars = dict(zip(_LOG_KEYS, means.tolist()))
-            ema.update(scalars)
-            done = step + 1
-            if writer is not None and (done % max(1, cfg.log_every) == 0 or done == cfg.steps):
-                for k, v in scalars.items():
-                    writer.add_scalar(f"train/{k}", v, done)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done)
-                if grad_norm == grad_norm:
-                    writer.add_scalar("train/grad_norm", grad_norm, done)
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema.values['loss']:.4f}", acc=f"{ema.values['implicit_accuracy']:.2f}")
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                checkpoint(done)
-        else:
-            step = cfg.steps
-        bar.close()
-        if writer is not None:
-            writer.close()
-        if step < cfg.steps:  # stopped early on purpose: leave a checkpoint of where we are
-            checkpoint(step)
+        run = _TrainingRun(cfg, accelerator, model, lora_params, paths)
+        run.resume()
+        run.prepare()
+        done = run.train(order, make_batch, stop_after, progress)
+        if done < cfg.steps:  # stopped early on purpose: leave a checkpoint of where we are
+            run.checkpoint(done)
             return paths["state"]
-
-        summary = {
-            "steps": cfg.steps, "pairs": len(indices), "pairs_seen": cfg.steps * cfg.grad_accum * cfg.batch_size * world,
-            "total_batch_size": cfg.batch_size * cfg.grad_accum * world, "world_size": world,
-            "mixed_precision": mixed_precision, "seconds": round(elapsed + time.time() - t_resume, 1),
-            **{f"{k}_ema": round(float(v), 6) for k, v in ema.values.items()},
-        }
-        if accelerator.is_main_process:
-            tensors = peft_unet_to_kohya(unet, TRAIN_ADAPTER)
-            save_lora(paths["lora"], tensors, _training_metadata(cfg, model, summary, started))
-            save_train_config(cfg, paths["config"], header=f"scdpo train --config {paths['config'].name}\n"
-                              f"resolved configuration of {paths['lora'].name} ({cfg.method})")
-            for leftover in (paths["state"], paths["inputs"]):
-                if leftover.exists():
-                    leftover.unlink()
-        accelerator.wait_for_everyone()
+        run.export(len(indices), mixed_precision)
         return paths["lora"]
     finally:
-        if policy is not None:
-            accelerator.unwrap_model(policy, keep_fp32_wrapper=False)
+        if run is not None and run.policy is not None:
+            accelerator.unwrap_model(run.policy, keep_fp32_wrapper=False)
         accelerator.free_memory()
         if cfg.gradient_checkpointing and hasattr(unet, "disable_gradient_checkpointing"):
             unet.disable_gradient_checkpointing()
