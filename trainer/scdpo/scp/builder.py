@@ -15,11 +15,11 @@ Pairing rules (:func:`choose_pair`), "safe" meaning ``C <= threshold`` of the co
   model already behaves on this prompt: skipped as ``already_safe``); winner = the best-``R``
   *confidently* safe candidate (``C <= min(threshold, winner_max_cost)``), or the best-``R``
   confidently safe image of the prompt's safe rewrite when no candidate is
-  (``winner_source = safe_rewrite``), else skipped (``no_safe_winner``). docs/method.md asks for
-  ``C <= 0``; the stricter bound exists because a winner the cost model wrongly calls safe teaches
-  the very motif the LoRA must remove, while rejecting a borderline candidate only costs a rewrite
-  sample. With the toy cost model, ``C <= 0`` let 10.6 % of harmful winners be unsafe (oracle);
-  ``C <= -3`` (P(unsafe) ≈ 5 %) let none through;
+  (``winner_source = safe_rewrite``), else skipped (``no_safe_winner``). ``winner_max_cost``
+  (default ``-3``, P(unsafe) ≈ 5 %) is stricter than the threshold because a winner the cost model
+  wrongly calls safe teaches the very motif the LoRA must remove, while rejecting a borderline
+  candidate only costs a rewrite sample (with the toy cost model, ``C <= 0`` let unsafe winners
+  through: docs/results.md, "Measurements behind code defaults");
 * clean instruction — winner = the best-``R`` safe candidate (an unsafe candidate never wins);
   loser = among candidates with a strictly lower ``R``, the highest-``C`` unsafe one if any (the
   preferred loser), else the lowest-``R`` one; skipped as ``reward_tie`` if no candidate scores
@@ -54,12 +54,13 @@ per prompt yield more pairs for the same sampling cost.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -189,8 +190,62 @@ def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 
     return out
 
 
+class SeedStream(enum.IntEnum):
+    """Where a prompt's samples of each kind start in its seed sequence (:func:`sample_seed`).
+
+    Each kind of sample draws from its own stream, so a sample's seed depends only on its prompt,
+    kind and number: drawing more rewrite samples, or switching attack samples on, leaves the seed
+    of every other sample as it was, and a row's stored seed regenerates its image. The offsets are
+    therefore part of the dataset format: changing one would change every dataset's images. With
+    prompts 101 apart, all seeds of a build are distinct while each rewrite stream draws at most 10
+    samples per prompt and ``candidates`` is at most 71; beyond that two samples of different
+    prompts may share a seed (the same initial noise under different texts: less variety, no error).
+    """
+
+    CANDIDATE = 0
+    SAFE_REWRITE = 1000
+    ERASED_REWRITE = 2000
+    ATTACK = 3000
+
+
+class SampleSource(str, enum.Enum):
+    """What a sample is an image of: the prompt, one of its rewrites, or its attacked embedding. Each
+    draws its seeds from the :class:`SeedStream` of the same name; the value is the ``winner_source``
+    column's word."""
+
+    CANDIDATE = "candidate"  # the prompt itself
+    SAFE_REWRITE = "safe_rewrite"  # a harmful prompt's safe rewrite: winners when no candidate is safe
+    ERASED_REWRITE = "erased_rewrite"  # a look-alike prompt without its look-alike: losers
+    ATTACK = "attack"  # the safe rewrite pushed along the concept direction: losers
+
+
+_TEXT_FIELD = {SampleSource.CANDIDATE: "text", SampleSource.SAFE_REWRITE: "safe_text",
+               SampleSource.ERASED_REWRITE: "erased_text", SampleSource.ATTACK: "safe_text"}
+_PAIR_ID_SUFFIX = {SampleSource.CANDIDATE: "", SampleSource.ERASED_REWRITE: "-erased", SampleSource.ATTACK: "-attack"}
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One generated image of a prompt, scored: a pair's winner or loser as its row records it.
+    ``reward`` is ``R`` of the original prompt whatever text drew the image."""
+
+    image: np.ndarray  # uint8 [H,W,3]
+    seed: int
+    source: SampleSource
+    cost: float  # C of the cost model
+    reward: float
+    unsafe: bool  # the cost model's verdict, C > threshold
+    concept_push: Optional[float] = None  # η of an attack sample's embedding shift
+
+
 def _seed(base: int, prompt_index: int, k: int) -> int:
+    """Number ``k`` of prompt ``prompt_index``'s seed sequence; :class:`SeedStream` splits it by kind."""
     return (base * 1_000_003 + prompt_index * 101 + k) % (2**62)
+
+
+def sample_seed(base: int, prompt_index: int, stream: SeedStream, k: int) -> int:
+    """The sampling seed of sample ``k`` of ``stream`` for prompt ``prompt_index`` (global index)."""
+    return _seed(base, prompt_index, stream + k)
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -231,39 +286,43 @@ def concept_directions(model, prompts: Sequence[PromptSpec]) -> dict[str, dict[s
     return out
 
 
-class RewriteSamples(NamedTuple):
-    """``n`` samples of one prompt's rewrite, scored with the cost model and ``R`` of the original prompt."""
-
-    images: np.ndarray  # uint8 [n,H,W,3]
-    cost: list[float]
-    reward: list[float]
-    unsafe: list[bool]
-    seeds: list[int]
-
-
-def _rewrite_samples(model, scorer, reward, prompts: list[PromptSpec], chosen: list[int], text_field: str, n: int,
-                     seed_offset: int, first_index: int, cfg: BuildConfig,
-                     shifts: Optional[dict[int, dict]] = None) -> dict[int, RewriteSamples]:
-    """Sample ``n`` images of ``prompts[j].<text_field>`` for each ``j`` in ``chosen`` (one batched run),
-    with ``shifts[j]`` added to the text's embedding when given."""
+def _sample(model, scorer, reward, prompts: list[PromptSpec], chosen: list[int], source: SampleSource, n: int,
+            first_index: int, cfg: BuildConfig, concept_push: Optional[dict[int, float]] = None,
+            directions: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> dict[int, list[Sample]]:
+    """``n`` scored samples of kind ``source`` for each prompt ``prompts[j]``, ``j`` in ``chosen``, in one
+    batched run (``j``: index in ``prompts``, ``first_index + j`` its global index). Attack samples:
+    ``concept_push[j]`` times ``directions[category]`` is added to the text's embedding."""
     if not chosen or n <= 0:
         return {}
-    seeds = [_seed(cfg.seed, first_index + j, seed_offset + k) for j in chosen for k in range(n)]
-    images = _generate(model, [getattr(prompts[j], text_field) for j in chosen for _ in range(n)], seeds, cfg,
-                       [shifts[j] for j in chosen for _ in range(n)] if shifts is not None else None)
+    text_field = _TEXT_FIELD[source]
+    seeds = [sample_seed(cfg.seed, first_index + j, SeedStream[source.name], k) for j in chosen for k in range(n)]
+    shifts = None
+    if concept_push is not None:
+        per_prompt = {j: {key: concept_push[j] * d for key, d in directions[prompts[j].category].items()}
+                      for j in chosen}
+        shifts = [per_prompt[j] for j in chosen for _ in range(n)]
+    images = _generate(model, [getattr(prompts[j], text_field) for j in chosen for _ in range(n)], seeds, cfg, shifts)
     costs = scorer.score(images, batch_size=256)
     rewards = reward.score(images, [prompts[j] for j in chosen for _ in range(n)]).tolist()
     cost, unsafe, arr = costs.cost.double().tolist(), costs.unsafe.tolist(), _to_uint8(images)
     out = {}
     for a, j in enumerate(chosen):
-        sl = slice(a * n, (a + 1) * n)
-        out[j] = RewriteSamples(arr[sl], cost[sl], rewards[sl], unsafe[sl], seeds[sl])
+        push = None if concept_push is None else concept_push[j]
+        out[j] = [Sample(arr[i], seeds[i], source, cost[i], rewards[i], unsafe[i], push)
+                  for i in range(a * n, (a + 1) * n)]
     return out
 
 
+def _most_unsafe(samples: Sequence[Sample]) -> Optional[Sample]:
+    """The highest-``C`` sample (the first of equal ones); None when there are none."""
+    return max(samples, key=lambda s: s.cost, default=None)
+
+
 def attack_strength(cfg: BuildConfig, prompt_index: int) -> float:
-    """The η of a prompt's attack samples: drawn from ``cfg.attack_strengths`` by its index."""
-    return float(cfg.attack_strengths[_seed(cfg.seed, prompt_index, 3000) % len(cfg.attack_strengths)])
+    """The η of a prompt's attack samples: drawn from ``cfg.attack_strengths`` by its index (with the
+    seed of its first attack sample, so it is fixed per prompt and build seed)."""
+    first_attack_seed = sample_seed(cfg.seed, prompt_index, SeedStream.ATTACK, 0)
+    return float(cfg.attack_strengths[first_attack_seed % len(cfg.attack_strengths)])
 
 
 @contextlib.contextmanager
@@ -281,88 +340,74 @@ def _lora_applied(model, lora):
         remove_lora(model.unet, "scdpo_attack_policy")
 
 
+def _pair_rows(cfg: BuildConfig, prompt_index: int, prompt: PromptSpec, winner: Sample,
+               losers: Sequence[Sample]) -> list[dict]:
+    """Schema rows of one prompt's pairs: ``winner`` against each loser, in order. ``pair_id``:
+    ``<source>-<prompt index>``, ``-<k>`` for the ``k``-th loser after the first, and ``-erased`` /
+    ``-attack`` for a loser that is an erased-rewrite / attack sample."""
+    winner_png = png_bytes(winner.image)
+    rows = []
+    for k, loser in enumerate(losers):
+        rows.append({
+            "pair_id": f"{cfg.source}-{prompt_index:06d}" + (f"-{k}" if k else "") + _PAIR_ID_SUFFIX[loser.source],
+            "prompt": prompt.text, "is_harmful": prompt.is_harmful,
+            "category": prompt.category if prompt.is_harmful else None, "kind": prompt.kind,
+            "winner_png": winner_png, "loser_png": png_bytes(loser.image),
+            "winner_cost": float(winner.cost), "loser_cost": float(loser.cost),
+            "winner_reward": float(winner.reward), "loser_reward": float(loser.reward),
+            "winner_seed": int(winner.seed), "loser_seed": int(loser.seed),
+            "winner_source": winner.source.value, "source": cfg.source,
+            "safe_prompt": prompt.safe_text if prompt.is_harmful else None, "concept_push": loser.concept_push,
+        })
+    return rows
+
+
 def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: int, cfg: BuildConfig,
                 directions: Optional[dict[str, dict[str, torch.Tensor]]] = None, attack_lora=None
                 ) -> tuple[list[dict], dict[str, int]]:
     """Pairs (schema rows) for ``prompts`` (global indices from ``first_index``) and skip counts.
     ``directions``: per category, the concept direction attack samples are pushed along;
     ``attack_lora``: a safety LoRA the attack samples are drawn with (all other samples: the base)."""
-    n_cand = cfg.candidates
-    texts = [p.text for p in prompts for _ in range(n_cand)]
-    seeds = [_seed(cfg.seed, first_index + j, k) for j in range(len(prompts)) for k in range(n_cand)]
-    images = _generate(model, texts, seeds, cfg)
-    costs = scorer.score(images, batch_size=256)
-    rewards = reward.score(images, [p for p in prompts for _ in range(n_cand)])
-    cost = costs.cost.view(len(prompts), n_cand).double()
-    unsafe = costs.unsafe.view(len(prompts), n_cand)
-    rew = rewards.view(len(prompts), n_cand)
+    every_prompt = list(range(len(prompts)))
+    candidates = _sample(model, scorer, reward, prompts, every_prompt, SampleSource.CANDIDATE, cfg.candidates,
+                         first_index, cfg)
 
-    # Safe rewrites, only for harmful prompts with no safe candidate.
-    winner_max = min(float(scorer.threshold), cfg.winner_max_cost)
-    confident = (~unsafe) & (cost <= winner_max)
-    need = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and not confident[j].any()]
-    rw = _rewrite_samples(model, scorer, reward, prompts, need, "safe_text", cfg.rewrite_candidates, 1000,
-                          first_index, cfg)
+    # Safe rewrites, only for harmful prompts with no confidently safe candidate.
+    winner_max_cost = min(float(scorer.threshold), cfg.winner_max_cost)
+    need_rewrite = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text
+                    and not any(not s.unsafe and s.cost <= winner_max_cost for s in candidates[j])]
+    safe_rewrites = _sample(model, scorer, reward, prompts, need_rewrite, SampleSource.SAFE_REWRITE,
+                            cfg.rewrite_candidates, first_index, cfg)
     # Erased rewrites of look-alike prompts: losers scored against the original prompt.
     look_alike = [j for j, p in enumerate(prompts) if not p.is_harmful and p.erased_text]
-    er = _rewrite_samples(model, scorer, reward, prompts, look_alike, "erased_text", cfg.erased_candidates, 2000,
-                          first_index, cfg)
+    erased = _sample(model, scorer, reward, prompts, look_alike, SampleSource.ERASED_REWRITE, cfg.erased_candidates,
+                     first_index, cfg)
     # Attacked embeddings of harmful prompts: the rewrite pushed along its category's concept.
     directions = directions or {}
     attacked = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and p.category in directions]
-    eta = {j: attack_strength(cfg, first_index + j) for j in attacked}
+    push = {j: attack_strength(cfg, first_index + j) for j in attacked}
     with _lora_applied(model, attack_lora if attacked else None):
-        at = _rewrite_samples(model, scorer, reward, prompts, attacked, "safe_text", cfg.attack_candidates, 3000,
-                              first_index, cfg,
-                              {j: {k: eta[j] * d for k, d in directions[prompts[j].category].items()} for j in attacked})
+        attacks = _sample(model, scorer, reward, prompts, attacked, SampleSource.ATTACK, cfg.attack_candidates,
+                          first_index, cfg, push, directions)
 
-    arr = _to_uint8(images)
     rows, skipped = [], {}
-    for j, p in enumerate(prompts):
-        r = rw.get(j)
-        e = er.get(j)
-        choice = choose_pair(p.is_harmful, cost[j].tolist(), rew[j].tolist(), unsafe[j].tolist(),
-                             *((r.cost, r.reward, r.unsafe) if r else ((), (), ())), winner_max_cost=winner_max,
-                             pairs=cfg.pairs_per_prompt, erased_reward=e.reward if e else ())
+    for j, prompt in enumerate(prompts):
+        rewrites, erased_samples = safe_rewrites.get(j, []), erased.get(j, [])
+        choice = choose_pair(prompt.is_harmful, [s.cost for s in candidates[j]], [s.reward for s in candidates[j]],
+                             [s.unsafe for s in candidates[j]], rewrite_cost=[s.cost for s in rewrites],
+                             rewrite_reward=[s.reward for s in rewrites], rewrite_unsafe=[s.unsafe for s in rewrites],
+                             winner_max_cost=winner_max_cost, pairs=cfg.pairs_per_prompt,
+                             erased_reward=[s.reward for s in erased_samples])
         if choice.skip_reason:
             skipped[choice.skip_reason] = skipped.get(choice.skip_reason, 0) + 1
             continue
-        if choice.from_rewrite:
-            w = choice.winner
-            w_img, w_cost, w_rew, w_seed = r.images[w], r.cost[w], r.reward[w], r.seeds[w]
-        else:
-            gw = j * n_cand + choice.winner
-            w_img, w_seed = arr[gw], seeds[gw]
-            w_cost, w_rew = float(cost[j, choice.winner]), float(rew[j, choice.winner])
-        w_png = png_bytes(w_img)
-        losers = [choice.loser, *choice.extra_losers]
-        a = at.get(j)
-        if a is not None and choice.winner is not None:
-            q = max(range(len(a.cost)), key=lambda i: (a.cost[i], -i))
-            if a.unsafe[q]:
-                losers.append(("attack", q))
-        for k, loser in enumerate(losers):
-            push = None
-            if isinstance(loser, tuple):  # the attack sample
-                q = loser[1]
-                l_img, l_cost, l_rew, l_seed, suffix = a.images[q], a.cost[q], a.reward[q], a.seeds[q], "-attack"
-                push = eta[j]
-            elif loser < n_cand:
-                gl = j * n_cand + loser
-                l_img, l_cost, l_rew, l_seed, suffix = arr[gl], cost[j, loser], rew[j, loser], seeds[gl], ""
-            else:  # an erased-rewrite sample
-                q = loser - n_cand
-                l_img, l_cost, l_rew, l_seed, suffix = e.images[q], e.cost[q], e.reward[q], e.seeds[q], "-erased"
-            rows.append({
-                "pair_id": f"{cfg.source}-{first_index + j:06d}" + (f"-{k}" if k else "") + suffix, "prompt": p.text,
-                "is_harmful": p.is_harmful, "category": p.category if p.is_harmful else None, "kind": p.kind,
-                "winner_png": w_png, "loser_png": png_bytes(l_img),
-                "winner_cost": float(w_cost), "loser_cost": float(l_cost),
-                "winner_reward": float(w_rew), "loser_reward": float(l_rew),
-                "winner_seed": int(w_seed), "loser_seed": int(l_seed),
-                "winner_source": "safe_rewrite" if choice.from_rewrite else "candidate", "source": cfg.source,
-                "safe_prompt": p.safe_text if p.is_harmful else None, "concept_push": push,
-            })
+        winner = (rewrites if choice.from_rewrite else candidates[j])[choice.winner]
+        loser_pool = candidates[j] + erased_samples  # choose_pair numbers erased samples after the candidates
+        losers = [loser_pool[i] for i in (choice.loser, *choice.extra_losers)]
+        attack = _most_unsafe(attacks.get(j, []))
+        if attack is not None and attack.unsafe:
+            losers.append(attack)
+        rows.extend(_pair_rows(cfg, first_index + j, prompt, winner, losers))
     return rows, skipped
 
 
@@ -492,24 +537,22 @@ def mine_attack_pairs(model, scorer, reward, data: str | Path, out: str | Path, 
     bar = tqdm(total=len(specs), desc="mine attack pairs", disable=not progress, unit="prompt")
     for start in range(0, len(specs), cfg.chunk_prompts):
         chosen = list(range(start, min(start + cfg.chunk_prompts, len(specs))))
-        eta = {j: attack_strength(cfg, j) for j in chosen}
+        push = {j: attack_strength(cfg, j) for j in chosen}
         with _lora_applied(model, attack_lora):
-            at = _rewrite_samples(model, scorer, reward, specs, chosen, "safe_text", cfg.attack_candidates, 3000, 0,
-                                  cfg, {j: {k: eta[j] * d for k, d in directions[specs[j].category].items()}
-                                        for j in chosen})
+            attacks = _sample(model, scorer, reward, specs, chosen, SampleSource.ATTACK, cfg.attack_candidates, 0,
+                              cfg, push, directions)
         for j in chosen:
-            a = at[j]
-            q = max(range(len(a.cost)), key=lambda i: (a.cost[i], -i))
-            if not a.unsafe[q]:
+            attack = _most_unsafe(attacks[j])
+            if not attack.unsafe:
                 continue
             first = groups[keys[j]]
             pair_id = f"{first['pair_id']}-attack"
             while pair_id in ids:
                 pair_id += "-2"
             ids.add(pair_id)
-            new.append({**first, "pair_id": pair_id, "loser_png": png_bytes(a.images[q]),
-                        "loser_cost": float(a.cost[q]), "loser_reward": float(a.reward[q]),
-                        "loser_seed": int(a.seeds[q]), "concept_push": eta[j]})
+            new.append({**first, "pair_id": pair_id, "loser_png": png_bytes(attack.image),
+                        "loser_cost": float(attack.cost), "loser_reward": float(attack.reward),
+                        "loser_seed": int(attack.seed), "concept_push": attack.concept_push})
         bar.update(len(chosen))
         bar.set_postfix(pairs=len(new))
     bar.close()
