@@ -161,7 +161,7 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
             seeds = [10_000_000 * (s + 1) + start + i for i in range(len(chunk))]
             imgs = model.generate([p.text for p in chunk], seed=seeds, steps=steps)
             arr = (imgs.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-            verdicts = judge_images(arr)  # judge exactly the stored 8-bit image (rounding flips ~1 % of labels)
+            verdicts = judge_images(arr)  # judge exactly the stored 8-bit image: rounding to 8 bits flips some labels
             for i, (p, v) in enumerate(zip(chunk, verdicts)):
                 out.add(arr[i], v.unsafe_category, p.category, p.kind == "near_miss" and not v.is_unsafe, split,
                         f"{split}/{start + i:05d} ({p.kind}: {p.text})")

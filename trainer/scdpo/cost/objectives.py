@@ -11,8 +11,9 @@ Labels: ``label [B]`` int, ``-1`` = safe, ``k >= 0`` = unsafe of category ``k``.
   the decision boundary with margin ``m``; the same anchoring is applied to the per-category
   costs (the image's own category up, every other category down) so ``per_category`` is usable.
 
-:class:`CostObjective` holds the three independent switches and weights. DESIGN's "contrastive
-term" is SupCon + ranking together; the ablation table switches them off together and apart.
+:class:`CostObjective` holds the three independent switches and weights. The "contrastive term" of
+docs/method.md §1 is SupCon + ranking together; the ablation table switches them off together and
+apart.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def pairwise_ranking_loss(cost: torch.Tensor, labels: torch.Tensor, groups: Opti
 
 def cost_anchoring_loss(cost: torch.Tensor, per_category: torch.Tensor, labels: torch.Tensor,
                         margin: float = 1.0) -> torch.Tensor:
-    """DESIGN's anchoring on ``C`` plus the same anchoring on each category's own cost."""
+    """The anchoring on ``C`` of docs/method.md §1 plus the same anchoring on each category's own cost."""
     unsafe = labels >= 0
     total = torch.where(unsafe, F.softplus(-(cost - margin)), F.softplus(cost + margin)).mean()
     k = per_category.shape[1]

@@ -12,8 +12,8 @@
 * ``threshold``: the calibrated decision threshold stored in the checkpoint;
 * ``unsafe`` ``[B]`` bool: ``cost > threshold``;
 * ``probability`` ``[B]``: ``sigmoid(cost - threshold)``: > 0.5 exactly when ``unsafe``. (With a
-  threshold of 0 this is DESIGN's ``sigmoid(C)``; shifting by the calibrated threshold keeps the
-  probability and the verdict consistent.)
+  threshold of 0 this is the ``sigmoid(C)`` of docs/method.md §1; shifting by the calibrated
+  threshold keeps the probability and the verdict consistent.)
 """
 
 from __future__ import annotations

@@ -103,8 +103,8 @@ def sc_dpo_loss(
         focus = (1.0 - torch.sigmoid(logits)).pow(gamma)  # pow(·, 0) is exactly 1
         focus = focus / focus.mean().clamp_min(torch.finfo(focus.dtype).tiny)
         # A pair fitted this well has a gradient that fp32 can only hold as a denormal number, which
-        # the CPU processes in a slow path through the whole backward pass (the gamma=0 ablation ran
-        # 1.5x slower). It gets an exact zero gradient instead; its loss value is unchanged.
+        # the CPU processes in a slow path through the whole backward pass, slowing every step that
+        # holds one. It gets an exact zero gradient instead; its loss value is unchanged.
         negligible = focus * torch.sigmoid(-logits) < NEGLIGIBLE_GRADIENT
     loss = focus * -F.logsigmoid(torch.where(negligible, logits.detach(), logits))
     if winner_anchor > 0:

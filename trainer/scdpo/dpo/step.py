@@ -66,7 +66,8 @@ class AdapterSwitch:
     The layers are found once. Inside :meth:`disabled` each layer's ``disable_adapters`` flag is
     set (peft's ``BaseTunerLayer._disable_adapters``, which its ``forward`` reads). Going through
     ``unet.disable_adapters()`` instead walks every module and toggles ``requires_grad`` each
-    time: ~13 ms per switch on the toy UNet vs ~0.3 ms here, 5 % of a toy training step.
+    time, which at two switches a step is a noticeable share of a toy training step
+    (docs/results.md, "Measurements behind code defaults").
     Falls back to peft's public ``enable_adapters`` on layers without the flag.
     """
 

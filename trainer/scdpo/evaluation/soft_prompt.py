@@ -38,21 +38,22 @@ from .attacks import (
 @dataclass(frozen=True)
 class SoftPromptConfig:
     """Optimisation settings. The defaults (20 UNet forward+backward passes of 8 samples) take about
-    1.5 s per category on one CPU thread for the toy, and were tuned there against the shipped base and
-    safety LoRA: more steps or larger batches gained little at several times the cost.
+    a second or two per category on one CPU thread for the toy, and were tuned there against the shipped
+    base and safety LoRA: more steps or larger batches gained little at several times the cost
+    (docs/results.md, "Measurements behind code defaults").
 
     ``init``: ``"direction"`` starts δ at the Ring-A-Bell direction scaled to the budget, ``"zero"`` at 0.
     ``timesteps``: the range of t drawn, as fractions of the training timesteps. Low t is pixel detail
-    the text barely steers; skipping it spends the few steps where the concept is decided (measured
-    level with or better than uniform t).
+    the text barely steers; skipping it spends the few steps where the concept is decided (level with
+    or better than uniform t).
     """
 
     steps: int = 20
     batch_size: int = 8
     # Adam moves every entry by about lr per step, and δ's entries are ~0.8 RMS at the budget. 0.08
-    # improves on Ring-A-Bell where its point overshoots without walking, on noisy 8-sample gradients,
-    # away from a point that already works: measured 0.15 lost 0.97 -> 0.69 on such a category, 0.05
-    # gained less against the safety LoRA.
+    # improves on Ring-A-Bell where its point overshoots; a larger step walks, on noisy 8-sample
+    # gradients, away from a point that already works, a smaller one gains less against the safety
+    # LoRA (docs/results.md, "Measurements behind code defaults").
     lr: float = 0.08
     n_search: int = 48  # search prompts (each step draws ``batch_size`` of them)
     init: str = "direction"
@@ -116,9 +117,8 @@ def _optimise_delta(model: TextToImageModel, category: str, seed: int, split: st
         safe = model.encode_prompt([p.safe_text for p in search])
     if config.init == "direction":
         # Ring-A-Bell's point, already on the sphere of the budget: the optimiser refines a working
-        # attack instead of spending its few steps finding the concept. Measured with the defaults
-        # (n=32 per category, 20 sampling steps) against the shipped safety LoRA: 34/97/100 % unsafe
-        # (gore/weapon/nudity) from here, 3/78/100 % from zero.
+        # attack instead of spending its few steps finding the concept, which from zero it often
+        # does not (docs/results.md, "Measurements behind code defaults").
         start = strength * direction
     elif config.init == "zero":
         start = torch.zeros_like(direction)

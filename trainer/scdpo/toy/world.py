@@ -502,7 +502,8 @@ def eval_suite(kind: str, n: int, seed: int = 1234, category: Optional[str] = No
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     world = ToyWorld(split)
-    # the validation split keeps the stream names the suites had, so its prompts are the old held-out ones
+    # validation streams carry no split tag, as the suites were named before there were splits: keeping
+    # the names keeps every validation prompt, and every number measured on one, unchanged
     tag = "" if split == "validation" else f"{split}-"
     rng = random.Random(f"{tag}{kind}-{category}-{form}-{seed}")
     out = []
