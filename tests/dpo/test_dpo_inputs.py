@@ -258,3 +258,44 @@ def test_concept_augmentation_trains_and_needs_cached_inputs(tmp_path, toy_model
     diff = max(float((aug.tensors[k] - v).abs().max()) for k, v in plain.tensors.items() if "lora_up" in k)
     assert diff > 1e-4
     assert '"concept_augment": 1.0' in aug.metadata["scdpo_train_config"]
+
+
+def test_shift_augmentation_moves_winner_and_loser_of_harmful_pairs_together(toy_model, pairs):
+    indices = list(range(len(pairs)))
+    rows = [pairs[i] for i in indices]
+    batch = encode_pairs(toy_model, pairs, indices, progress=False).batch(indices)
+    latents, b = batch.latents, len(indices)
+    same = batch.shift_sideways(latents, torch.Generator().manual_seed(0), prob=0.0, fraction=0.25)
+    assert torch.equal(same, latents)
+    moved = batch.shift_sideways(latents, torch.Generator().manual_seed(0), prob=1.0, fraction=0.25)
+    width = latents.shape[-1]
+    n_moved = 0
+    for k, r in enumerate(rows):
+        if not r["is_harmful"]:
+            assert torch.equal(moved[k], latents[k]) and torch.equal(moved[k + b], latents[k + b])
+            continue
+        # the same sideways move k for winner and loser, 1 <= |k| <= round(0.25 * width), edges repeated
+        matches = [s for s in range(-2, 3) if s and all(
+            torch.equal(moved[row][..., max(s, 0):width + min(s, 0)], latents[row][..., max(-s, 0):width - max(s, 0)])
+            for row in (k, k + b))]
+        assert len(matches) == 1, k
+        s = matches[0]
+        edge = moved[k][..., :s] if s > 0 else moved[k][..., s:]
+        assert torch.equal(edge, latents[k][..., :1].expand_as(edge) if s > 0 else latents[k][..., -1:].expand_as(edge))
+        n_moved += 1
+    assert n_moved == sum(r["is_harmful"] for r in rows) > 0
+
+
+def test_shift_augmentation_trains_and_needs_cached_inputs(tmp_path, toy_model, pairs):
+    from scdpo.errors import ScdpoError
+
+    with pytest.raises(ScdpoError, match="--no-cache-inputs"):
+        TrainConfig(shift_augment=0.5, cache_inputs=False).validate()
+    with pytest.raises(ScdpoError, match="shift_fraction"):
+        TrainConfig(shift_augment=0.5, shift_fraction=0.9).validate()
+    cfg = TrainConfig(out=str(tmp_path), name="shift", **{**TINY, "shift_augment": 1.0})
+    shifted = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    plain = load_lora(train_lora(dataclasses.replace(cfg, name="plain", shift_augment=0.0),
+                                 model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    diff = max(float((shifted.tensors[k] - v).abs().max()) for k, v in plain.tensors.items() if "lora_up" in k)
+    assert diff > 1e-4

@@ -74,6 +74,8 @@ class TrainConfig:
     adversarial_share: float = 0.0  # share of harmful pairs trained under an attack on the current LoRA (0: off)
     adversarial_steps: int = 3  # projected gradient steps of that attack per training step
     adversarial_budget: float = 2.0  # its L2 budget, in units of the category's concept-direction norm
+    shift_augment: float = 0.0  # share of harmful pairs trained with winner and loser moved sideways together
+    shift_fraction: float = 0.25  # largest such move, as a share of the image width
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
     gradient_checkpointing: bool = False
     cache_inputs: bool = True  # encode latents + text embeddings once before training; encoders leave the GPU
@@ -137,6 +139,11 @@ class TrainConfig:
         if not 0 <= self.adversarial_share <= 1 or self.adversarial_steps < 1 or self.adversarial_budget < 0:
             raise bad(f"adversarial_share must be in [0, 1], adversarial_steps >= 1 and adversarial_budget >= 0 (got "
                       f"{self.adversarial_share}, {self.adversarial_steps}, {self.adversarial_budget})")
+        if not 0 <= self.shift_augment <= 1 or not 0 <= self.shift_fraction <= 0.5:
+            raise bad(f"shift_augment must be in [0, 1] and shift_fraction in [0, 0.5] (got {self.shift_augment}, "
+                      f"{self.shift_fraction})")
+        if self.shift_augment > 0 and not self.cache_inputs:
+            raise bad("shift_augment needs the encoded inputs: drop --no-cache-inputs")
         if self.adversarial_share > 0 and not self.cache_inputs:
             raise bad("adversarial_share needs the encoded inputs: drop --no-cache-inputs")
         for key, allowed in (("lr_schedule", LR_SCHEDULES), ("mixed_precision", MIXED_PRECISION),
@@ -252,6 +259,10 @@ _HELP = {
                          "docs/method.md)",
     "adversarial_steps": "projected gradient steps of that attack per training step",
     "adversarial_budget": "the attack's L2 budget, in units of the category's concept-direction norm",
+    "shift_augment": "share of harmful pairs trained with winner and loser moved sideways together, so the "
+                     "concept goes wherever a prompt puts it, not only where the training captions do (0 = off; "
+                     "see docs/method.md)",
+    "shift_fraction": "largest sideways move of shift_augment, as a share of the image width",
     "init_lora": "start from this safety LoRA (kohya .safetensors written by scdpo train) instead of a fresh "
                  "adapter: a second round on data mined with it (build-dataset --attack-lora); it must match "
                  "--rank, --alpha and the target modules",

@@ -40,6 +40,15 @@ FORMAT_VERSION = 4
 CLEAN_PAIR, NEAR_MISS_PAIR = -1, -2  # pair_category of harmless pairs (harmful: index of the category)
 
 
+def _shift_columns(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` ``[..., w]`` moved ``k`` columns right (left for ``k < 0``), the edge column filling the gap."""
+    if k > 0:
+        return torch.cat([x[..., :1].expand(*x.shape[:-1], k), x[..., :-k]], dim=-1)
+    if k < 0:
+        return torch.cat([x[..., -k:], x[..., -1:].expand(*x.shape[:-1], -k)], dim=-1)
+    return x
+
+
 @dataclass
 class EncodedPairBatch:
     """A micro-batch of B pairs whose images and prompts are already encoded."""
@@ -71,6 +80,30 @@ class EncodedPairBatch:
         if bool(pushed.any()):
             cond = cond.shifted(self._along_concept(torch.where(pushed, self.push, 0.0)))
         return self.latents.to(device), cond.to(device)
+
+    def shift_sideways(self, latents: torch.Tensor, generator: torch.Generator, prob: float,
+                       fraction: float) -> torch.Tensor:
+        """Sideways-shift augmentation of harmful pairs: ``latents`` ``[2B,...]`` with each picked pair's
+        winner and loser moved together by ``k`` latent columns, ``1 <= |k| <= max(1, round(fraction · w))``,
+        the edge column repeated into the gap.
+
+        Training captions put a harmful thing where their templates put it; a prompt in another shape
+        draws it elsewhere, and the preference must hold wherever it is drawn. Each harmful pair is
+        picked with probability ``prob``. Draws ``3B`` numbers from ``generator`` whatever is picked.
+        """
+        b = len(self)
+        pick = (torch.rand(b, generator=generator) < prob) & (self.category_rows >= 0)
+        most = max(1, round(fraction * latents.shape[-1]))
+        size = torch.randint(1, most + 1, (b,), generator=generator)
+        sign = torch.where(torch.rand(b, generator=generator) < 0.5, -1, 1)
+        if not bool(pick.any()):
+            return latents
+        out = latents.clone()
+        for i in pick.nonzero().flatten().tolist():
+            k = int(size[i] * sign[i])
+            for row in (i, i + b):
+                out[row] = _shift_columns(latents[row], k)
+        return out
 
     def _along_concept(self, eta: torch.Tensor) -> dict[str, torch.Tensor]:
         """``eta[i] · d_category(i)`` per conditioning key (zero for harmless pairs or ``eta = 0``)."""

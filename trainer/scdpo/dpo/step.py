@@ -170,6 +170,8 @@ def dpo_batch_loss(
     adversarial_steps: int = 3,
     adversarial_budget: float = 2.0,
     winner_anchor: float = 0.0,
+    shift_augment: float = 0.0,
+    shift_fraction: float = 0.25,
 ) -> tuple[torch.Tensor, ScDpoDiagnostics]:
     """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
 
@@ -183,6 +185,9 @@ def dpo_batch_loss(
     ``adversarial_share`` > 0 (encoded batches only): that share of harmful pairs trains on its safe
     rewrite under an embedding shift optimised against the current policy in ``adversarial_steps``
     projected steps within ``adversarial_budget`` concept-direction norms (:mod:`.adversarial`).
+    ``shift_augment`` > 0 (encoded batches only): that share of harmful pairs trains with winner and
+    loser moved sideways together by up to ``shift_fraction`` of the width
+    (:meth:`~scdpo.dpo.inputs.EncodedPairBatch.shift_sideways`).
     """
     device = device or model.device
     b = len(batch)
@@ -195,6 +200,10 @@ def dpo_batch_loss(
         if not hasattr(batch, "augment"):
             raise ScdpoError("concept augmentation needs inputs encoded before training (--cache-inputs)")
         cond = batch.augment(cond, drop, generator, concept_augment, concept_scale)
+    if shift_augment > 0:
+        if not hasattr(batch, "shift_sideways"):
+            raise ScdpoError("shift augmentation needs inputs encoded before training (--cache-inputs)")
+        latents = batch.shift_sideways(latents, generator, shift_augment, shift_fraction)
     if adversarial_share > 0:
         if not hasattr(batch, "augment"):
             raise ScdpoError("adversarial training needs inputs encoded before training (--cache-inputs)")

@@ -314,6 +314,7 @@ class _TrainingRun:
                     device=accelerator.device, concept_augment=cfg.concept_augment, concept_scale=cfg.concept_scale,
                     adversarial_share=cfg.adversarial_share, adversarial_steps=cfg.adversarial_steps,
                     adversarial_budget=cfg.adversarial_budget, winner_anchor=cfg.winner_anchor,
+                    shift_augment=cfg.shift_augment, shift_fraction=cfg.shift_fraction,
                 )
                 accelerator.backward(loss / cfg.grad_accum)
             scalars = {"loss": float(loss.detach()), **diag.scalars()}
