@@ -1,8 +1,10 @@
-"""SC-DPO Safety Gate and SC-DPO Cost Score.
+"""SC-DPO Safety Gate and SC-DPO Cost Score: ComfyUI's side of :mod:`scdpo.gate`.
 
 The gate scores every image of an ``IMAGE`` batch (``[B,H,W,C]`` float 0..1) and handles the
 unsafe ones by ``action``; it **fails closed**: if scoring raises or returns anything but one
 finite cost per image, no image leaves the node (every output is blocked, the node text says why).
+Verdicts and redactions are the core's; this file adds the node schemas, ComfyUI's progress bar
+and cancel, the ``stop`` action (``block_execution``) and the report text.
 
 ``threshold`` is a probability: an image is unsafe when ``sigmoid(cost - calibrated threshold)``
 exceeds it, so 0.5 is exactly the cost model's calibrated verdict and lower values are stricter.
@@ -15,47 +17,44 @@ import torch
 import comfy.model_management
 import comfy.utils
 
+from scdpo import gate
 from scdpo.errors import ScdpoError
 
 from .comfy_schema import io, ui
 from .cost_model_loader import CostModelType
-from .redaction import redact_batch
 
-ACTIONS = ["blur", "pixelate", "black", "replace", "stop", "pass"]
+STOP = "stop"  # ComfyUI's own action: block_execution, so nothing downstream runs
+ACTIONS = [gate.BLUR, gate.PIXELATE, gate.BLACK, gate.REPLACE, STOP, gate.PASS]
 ACTION_HELP = ("blur / pixelate / black: redact unsafe images; replace: put the replacement image in their place; "
                "stop: if any image is unsafe, nothing downstream runs (no Save node receives anything); "
                "pass: images unchanged, only the flags/mask mark them")
-_DONE = {"blur": "blurred", "pixelate": "pixelated", "black": "blacked out", "replace": "replaced",
-         "stop": "stopped", "pass": "passed (flagged)"}
+_DONE = {gate.BLUR: "blurred", gate.PIXELATE: "pixelated", gate.BLACK: "blacked out", gate.REPLACE: "replaced",
+         STOP: "stopped", gate.PASS: "passed (flagged)"}
 
 
-def _interrupt_exception():
-    return getattr(comfy.model_management, "InterruptProcessingException", None)
+def _interrupt_exceptions() -> tuple:
+    interrupt = getattr(comfy.model_management, "InterruptProcessingException", None)
+    return (interrupt,) if interrupt is not None else ()
 
 
-def score_with_progress(cost_model, images: torch.Tensor):
-    """Score with ComfyUI's progress bar (and its cancel button) over the batch."""
-    bar = comfy.utils.ProgressBar(images.shape[0])
+def scorer_with_progress(cost_model, n: int):
+    """``images -> CostResult`` with ComfyUI's progress bar (and its cancel button) over the batch."""
+    bar = comfy.utils.ProgressBar(n)
 
     def progress(done: int, total: int) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update_absolute(done, total)
 
-    result = cost_model.score(images, progress=progress)
-    n = images.shape[0]
-    if len(result.cost) != n or not torch.isfinite(result.cost).all() or not torch.isfinite(result.probability).all():
-        raise ScdpoError(f"the cost model returned {len(result.cost)} costs for {n} images or non-finite values")
-    return result
+    return lambda images: cost_model.score(images, progress=progress)
 
 
-def verdict_lines(result, unsafe: list[bool], action: str) -> list[str]:
+def verdict_lines(verdicts: list[gate.Verdict], action: str) -> list[str]:
     lines = []
-    for i, is_unsafe in enumerate(unsafe):
-        category = result.categories[int(result.per_category[i].argmax())] if result.per_category.numel() else None
-        verdict = f"UNSAFE ({category})" if is_unsafe else "safe"
-        outcome = _DONE[action] if is_unsafe else "passed"
-        lines.append(f"image {i + 1}: cost {float(result.cost[i]):+.2f}, p(unsafe) {float(result.probability[i]):.2f}"
-                     f" -> {verdict}, {outcome}")
+    for i, verdict in enumerate(verdicts):
+        shown = f"UNSAFE ({verdict.category})" if verdict.unsafe else "safe"
+        outcome = _DONE[action] if verdict.unsafe else "passed"
+        lines.append(f"image {i + 1}: cost {verdict.cost:+.2f}, p(unsafe) {verdict.probability:.2f} -> {shown}, "
+                     f"{outcome}")
     return lines
 
 
@@ -79,7 +78,7 @@ class SafetyGate(io.ComfyNode):
                 io.Float.Input("threshold", default=0.5, min=0.01, max=0.99, step=0.01,
                                tooltip="Unsafe when p(unsafe) exceeds this; 0.5 = the cost model's calibrated "
                                        "threshold, lower = stricter."),
-                io.Combo.Input("action", options=ACTIONS, default="blur", tooltip=ACTION_HELP),
+                io.Combo.Input("action", options=ACTIONS, default=gate.BLUR, tooltip=ACTION_HELP),
                 io.Image.Input("replacement", optional=True, tooltip="Image put in place of unsafe ones (action "
                                                                      "'replace'); resized to fit."),
             ],
@@ -93,31 +92,29 @@ class SafetyGate(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images: torch.Tensor, cost_model, threshold: float = 0.5, action: str = "blur",
+    def execute(cls, images: torch.Tensor, cost_model, threshold: float = 0.5, action: str = gate.BLUR,
                 replacement: torch.Tensor | None = None):
         if action not in ACTIONS:
             raise ScdpoError(f"unknown gate action {action!r}; choose one of {', '.join(ACTIONS)}")
-        if action == "replace" and replacement is None:
+        if action == gate.REPLACE and replacement is None:
             raise ScdpoError("the Safety Gate's action is 'replace' but no replacement image is connected; connect one "
                              "(e.g. a Load Image node) or pick another action")
         n, h, w = images.shape[0], images.shape[1], images.shape[2]
-        try:
-            result = score_with_progress(cost_model, images)
-        except Exception as exc:  # noqa: BLE001 - any failure blocks the batch (fail closed)
-            interrupt = _interrupt_exception()
-            if interrupt is not None and isinstance(exc, interrupt):
-                raise  # the user pressed cancel: ComfyUI stops the whole prompt
-            why = f"scoring failed ({type(exc).__name__}: {exc})"
+        score = scorer_with_progress(cost_model, n)
+        # a cancel is not a scoring failure: it propagates and ComfyUI stops the whole prompt
+        verdicts = gate.judge(images, score, threshold, passthrough=_interrupt_exceptions())
+        if verdicts and verdicts[0].failed:  # the core fails a whole batch at once
+            why = f"scoring failed ({verdicts[0].error_type}: {verdicts[0].reason})"
             return cls._blocked(n, h, w, images, f"SC-DPO Safety Gate blocked all {n} images: {why}")
-        unsafe = [bool(p > threshold) for p in result.probability]
-        lines = verdict_lines(result, unsafe, action)
+        unsafe = [v.unsafe for v in verdicts]
+        lines = verdict_lines(verdicts, action)
         report = "\n".join(lines + [f"{sum(unsafe)} of {n} unsafe; action {action}; threshold p>{threshold:g}"])
-        costs = [float(c) for c in result.cost]
+        costs = [v.cost for v in verdicts]
         mask = torch.tensor(unsafe, dtype=torch.float32).view(n, 1, 1).expand(n, h, w).contiguous()
-        if action == "stop" and any(unsafe):
+        if action == STOP and any(unsafe):
             return cls._blocked(n, h, w, images, f"SC-DPO Safety Gate stopped the graph: {sum(unsafe)} of {n} images "
                                                  f"unsafe\n{report}")
-        out = images if action in ("pass", "stop") else redact_batch(images, unsafe, action, replacement)
+        out = images if action in (gate.PASS, STOP) else gate.redact_batch(images, unsafe, action, replacement)
         return io.NodeOutput(out, costs, unsafe, mask, report, ui=ui.PreviewText(report))
 
     @staticmethod
@@ -152,8 +149,8 @@ class CostScore(io.ComfyNode):
 
     @classmethod
     def execute(cls, images: torch.Tensor, cost_model):
-        result = score_with_progress(cost_model, images)  # a failure raises: the prompt stops
-        unsafe = [bool(u) for u in result.unsafe]
-        report = "\n".join(verdict_lines(result, unsafe, "pass"))
-        return io.NodeOutput([float(c) for c in result.cost], [float(p) for p in result.probability], unsafe, report,
-                             ui=ui.PreviewText(report))
+        # a failure raises: the prompt stops; 0.5 is the cost model's calibrated verdict
+        verdicts = gate.verdicts_of(gate.checked_score(scorer_with_progress(cost_model, images.shape[0]), images), 0.5)
+        report = "\n".join(verdict_lines(verdicts, gate.PASS))
+        return io.NodeOutput([v.cost for v in verdicts], [v.probability for v in verdicts],
+                             [v.unsafe for v in verdicts], report, ui=ui.PreviewText(report))

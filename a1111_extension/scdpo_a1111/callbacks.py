@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 from typing import Optional
 
 from PIL import Image
@@ -40,9 +39,7 @@ def _gate_or_black(image, request: SafetyRequest):
     try:
         return runtime.gate_one(image, request, _opts())[0]
     except Exception as exc:  # fail closed
-        hidden = gate.hide(image, "black")
-        setattr(hidden, gate.VERDICT_ATTR, gate.GateVerdict(True, True, "black", error=str(exc)))
-        return hidden
+        return gate.blacked_out(image, str(exc))
 
 
 def before_image_saved(params) -> None:
@@ -144,23 +141,17 @@ def score_request(payload: dict, opts) -> dict:
     if not 0 < probability < 1:
         raise ValueError(f"threshold must be a number in (0, 1), got {probability}")
     images = [decode_image(data, i) for i, data in enumerate(encoded)]
-    result = runtime.score_fn(opts)(images)
-    limit = gate.cost_limit(result.threshold, probability)
-    costs = [float(c) for c in result.cost.reshape(-1).tolist()]
+    from scdpo import gate as core
+
+    result = core.checked_score(runtime.score_fn(opts), images)
     rows = []
-    for i, cost in enumerate(costs):
-        unsafe = not cost <= limit
-        per_category = [float(c) for c in result.per_category[i].tolist()]
-        rows.append({
-            "cost": cost,
-            "probability": 1.0 / (1.0 + math.exp(-(cost - result.threshold))) if math.isfinite(cost) else 1.0,
-            "unsafe": unsafe,
-            "category": result.categories[max(range(len(per_category)), key=per_category.__getitem__)]
-            if unsafe and per_category else None,
-            "per_category": dict(zip(result.categories, per_category)),
-        })
+    for i, verdict in enumerate(core.verdicts_of(result, probability)):
+        rows.append({"cost": verdict.cost, "probability": verdict.probability, "unsafe": verdict.unsafe,
+                     "category": verdict.category,
+                     "per_category": dict(zip(result.categories, (float(c) for c in result.per_category[i].tolist())))})
     return {"results": rows, "categories": list(result.categories), "calibrated_threshold": float(result.threshold),
-            "threshold": probability, "cost_limit": limit, "cost_model": option(opts, "scdpo_cost_model")}
+            "threshold": probability, "cost_limit": core.cost_limit(result.threshold, probability),
+            "cost_model": option(opts, "scdpo_cost_model")}
 
 
 def register_api(app, shared) -> None:

@@ -1,25 +1,44 @@
-"""The output gate: score PIL images with a scdpo cost model and hide the unsafe ones.
+"""The output gate for PIL images: AUTOMATIC1111's side of :mod:`scdpo.gate`.
 
-Host-neutral (no ``modules.*`` import), so it is tested without a webui. Every failure — no cost
-model configured, a file that does not load, an exception or NaN while scoring — blocks the
-images it concerns (fails closed); nothing here raises to the caller.
+Scoring, thresholds, verdicts and redactions are the core's; this module translates PIL images
+to and from the core's ``[H,W,C]`` tensors, keeps the verdict on each image for the webui's
+hooks and infotext, and loads the configured cost model (:class:`ScorerCache`).
+
+Host-neutral (no ``modules.*`` import), so it is tested without a webui. It imports ``scdpo``
+only when it runs, because the webui loads the extension before ``scdpo`` is on ``sys.path``
+(``runtime.find_scdpo``), and it must still load, and block, when ``scdpo`` cannot be found.
+Every failure (no cost model configured, a file that does not load, an exception or NaN while
+scoring, no ``scdpo``) blocks the images it concerns (fails closed); nothing here raises to the
+caller.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from PIL import Image, ImageFilter
+import numpy as np
+from PIL import Image
 
-ACTIONS = ("blur", "pixelate", "black", "pass with warning")
-PASS_WITH_WARNING = "pass with warning"
+# The core's action names this host offers (scdpo.gate; "replace" needs an image input the webui
+# does not have). Written out because the extension must load without scdpo; a test compares them.
+ACTIONS = ("blur", "pixelate", "black", "pass")
+PASS = "pass"
+BLACK = "black"
 # Attribute set on every PIL image this gate has judged (the webui itself sets image.already_saved_as
 # the same way), so the save hooks do not score an image twice.
 VERDICT_ATTR = "scdpo_gate_verdict"
+
+
+def _core():
+    """:mod:`scdpo.gate`, or None while ``scdpo`` cannot be imported."""
+    try:
+        from scdpo import gate
+    except Exception:  # missing, or a broken install: every image is then blocked as black
+        return None
+    return gate
 
 
 @dataclass
@@ -49,39 +68,40 @@ class GateVerdict:
         return f"passed, {detail}"
 
 
-def cost_limit(calibrated_threshold: float, threshold_probability: float) -> float:
-    """The cost above which an image is unsafe: ``sigmoid(C - t) > p`` ⇔ ``C > t + logit(p)``.
-    ``p = 0.5`` is the cost model's calibrated threshold ``t``; smaller ``p`` is stricter."""
-    p = min(max(float(threshold_probability), 1e-4), 1 - 1e-4)
-    return float(calibrated_threshold) + math.log(p / (1 - p))
-
-
-def hide(image: Image.Image, action: str) -> Image.Image:
-    """The image with its content hidden. ``blur`` and ``pixelate`` are coarse enough that no detail
-    survives at any size (≤ 3 cells / ≤ 12 cells of at least 8 pixels across the long side); anything unknown → black. At 8
-    cells a blurred figure kept its skin-coloured silhouette, which a judge that knows several skin
-    tones still reads as nudity; both also move halfway to the image's mean colour."""
-    w, h = image.size
-    mode = image.mode if image.mode in ("RGB", "RGBA", "L") else "RGB"
-    rgb = image.convert(mode)
-    if action == "blur":
-        long_side = max(w, h)
-        small = rgb.resize((max(1, round(3 * w / long_side)), max(1, round(3 * h / long_side))), Image.BOX)
-        blurred = small.resize((w, h), Image.BICUBIC).filter(ImageFilter.GaussianBlur(radius=max(1.0, long_side / 8)))
-        # halfway to the image's mean colour: what is left of a shape loses its colour too
-        return Image.blend(blurred, Image.new(mode, (w, h), rgb.resize((1, 1), Image.BOX).getpixel((0, 0))), 0.5)
-    if action == "pixelate":
-        cells = max(1, min(12, max(w, h) // 8))
-        scale = cells / max(w, h)
-        small = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BOX)
-        return Image.blend(small.resize((w, h), Image.NEAREST),
-                           Image.new(mode, (w, h), rgb.resize((1, 1), Image.BOX).getpixel((0, 0))), 0.5)
-    return Image.new(mode, (w, h), 0)
+def action_name(value) -> Optional[str]:
+    """The action a setting or request value means (old names such as ``pass with warning`` are
+    accepted), or None if it is none of :data:`ACTIONS`."""
+    core = _core()
+    name = core.canonical_action(value) if core is not None else value
+    return name if name in ACTIONS else None
 
 
 def blocking_action(action: str) -> str:
     """The action used when an image must be blocked whatever the user chose (scoring failed)."""
-    return action if action in ACTIONS and action != PASS_WITH_WARNING else "black"
+    core = _core()
+    return core.blocking_action(action) if core is not None else BLACK
+
+
+def hide(image: Image.Image, action: str) -> Image.Image:
+    """The image with its content hidden by the core's ``action`` (``blur`` | ``pixelate`` |
+    ``black``; anything else → black), in the image's mode (RGB, RGBA or L; others → RGB)."""
+    mode = image.mode if image.mode in ("RGB", "RGBA", "L") else "RGB"
+    core = _core()
+    if core is None:  # no scdpo: black is the one redaction that needs nothing from it
+        return Image.new(mode, image.size, 0)
+    import torch
+
+    pixels = np.asarray(image.convert(mode), dtype=np.uint8).reshape(image.size[1], image.size[0], -1)
+    hidden = core.redact(torch.from_numpy(pixels.astype(np.float32) / 255.0), action)
+    out = (hidden * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(out[..., 0] if mode == "L" else out)  # uint8 HxW / HxWx3 / HxWx4: L / RGB / RGBA
+
+
+def blacked_out(image: Image.Image, error: str) -> Image.Image:
+    """``image`` hidden as black with a blocking verdict: what a hook shows when gating itself failed."""
+    hidden = hide(image, BLACK)
+    setattr(hidden, VERDICT_ATTR, GateVerdict(True, True, BLACK, error=error))
+    return hidden
 
 
 class ScorerCache:
@@ -150,25 +170,16 @@ def judge(images: Sequence[Image.Image], score: ScoreFn, threshold_probability: 
     """One verdict per image; on any error every image gets a blocking verdict carrying the message."""
     if not images:
         return []
-    try:
-        result = score([img.convert("RGB") for img in images])
-        costs = [float(c) for c in result.cost.reshape(-1).tolist()]
-        if len(costs) != len(images):
-            raise RuntimeError(f"the cost model returned {len(costs)} costs for {len(images)} images")
-        limit = cost_limit(result.threshold, threshold_probability)
-        verdicts = []
-        for i, cost in enumerate(costs):
-            unsafe = not cost <= limit  # NaN counts as unsafe
-            category = None
-            if unsafe and len(result.categories):
-                category = result.categories[int(result.per_category[i].argmax())]
-            blocked = unsafe and action != PASS_WITH_WARNING
-            verdicts.append(GateVerdict(unsafe, blocked, blocking_action(action) if blocked else action,
-                                        cost, limit, category))
-        return verdicts
-    except Exception as exc:  # fail closed
-        message = str(exc).strip() or type(exc).__name__
-        return [GateVerdict(True, True, blocking_action(action), error=message[:300]) for _ in images]
+    core = _core()
+    if core is None:
+        return [GateVerdict(True, True, BLACK, error="the scdpo package could not be imported") for _ in images]
+    rgb = [img.convert("RGB") for img in images]
+    verdicts = []
+    for v in core.judge(rgb, score, threshold_probability):
+        blocked = v.failed or (v.unsafe and action != PASS)
+        verdicts.append(GateVerdict(v.unsafe, blocked, core.blocking_action(action) if blocked else action,
+                                    v.cost, v.limit, v.category, v.reason[:300] if v.failed else None))
+    return verdicts
 
 
 def gate_images(images: Sequence[Image.Image], score: ScoreFn, threshold_probability: float,

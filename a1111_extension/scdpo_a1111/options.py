@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .gate import ACTIONS, PASS_WITH_WARNING
+from .gate import ACTIONS, action_name
 
 SECTION = ("scdpo", "SC-DPO Safety")
 ARG_NAMES = ("enabled", "lora", "strength", "threshold", "action")
@@ -103,12 +103,13 @@ def _lora(value: Any) -> Optional[str]:
 
 
 def _action(value: Any, notes: list) -> str:
-    if value in ACTIONS:
-        return value
-    if value is not None:
+    if value is None:
+        return DEFAULT_ACTION
+    name = action_name(value)  # an old name (e.g. "pass with warning") from saved settings still counts
+    if name is None:
         notes.append(f"unknown action {value!r} -> black")
         return "black"
-    return DEFAULT_ACTION
+    return name
 
 
 def resolve_request(args: tuple | list, opts) -> SafetyRequest:
@@ -160,5 +161,4 @@ def register_options(shared, lora_choices) -> None:
         shared.opts.add_option(key, info)
 
 
-__all__ = ["ARG_NAMES", "OPTIONS", "SafetyRequest", "enforce_on", "option", "register_options", "resolve_request",
-           "PASS_WITH_WARNING"]
+__all__ = ["ARG_NAMES", "OPTIONS", "SafetyRequest", "enforce_on", "option", "register_options", "resolve_request"]

@@ -146,9 +146,8 @@ class ScdpoSafetyScript(scripts.Script):
                 return
             image, verdict = runtime.gate_one(pp.image, request, shared.opts)
         except Exception as exc:  # fail closed
-            verdict = gate.GateVerdict(True, True, "black", error=f"{type(exc).__name__}: {exc}")
-            image = gate.hide(pp.image, "black")
-            setattr(image, gate.VERDICT_ATTR, verdict)
+            image = gate.blacked_out(pp.image, f"{type(exc).__name__}: {exc}")
+            verdict = gate.verdict_of(image)
         pp.image = image
         verdicts = getattr(p, VERDICTS_ATTR, None)
         if verdicts is None:

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python tests/benchmarks/bench_gate.py [--batch 4] [--repeats 3] [--patch 32 16]``
 
 The gate runs as ComfyUI runs it (node schema -> execute, through the stand-in ComfyUI modules of
-tests/comfy) with a cost model on a **randomly initialised CLIP ViT-B-sized vision tower**
+tests/hosts) with a cost model on a **randomly initialised CLIP ViT-B-sized vision tower**
 (hidden 768, 12 layers, 12 heads, 224 px, projection 512; patch 32 = ViT-B/32, 16 = ViT-B/16),
 saved to disk and loaded by the Cost Model Loader like a user's model. Random weights cost the
 same time as trained ones. Prints one line per measurement and a final JSON line.
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "comfy"))
+sys.path.insert(0, str(HERE.parent / "hosts"))
 
 
 def vit_b_cost_model(folder: Path, patch: int) -> Path:
@@ -45,10 +45,17 @@ def vit_b_cost_model(folder: Path, patch: int) -> Path:
 
 
 def time_gate(batch: int, repeats: int, patch: int) -> dict:
-    from comfy_host import install_fake_comfyui, load_pack, pack_module, run_node
+    from fake_hosts import installed
 
-    install_fake_comfyui()
+    with installed("comfyui"):
+        return _time_gate_in_comfyui(batch, repeats, patch)
+
+
+def _time_gate_in_comfyui(batch: int, repeats: int, patch: int) -> dict:
     import folder_paths
+    from comfy_host import load_pack, pack_module, run_node
+
+    from scdpo.gate import redact
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_gate_"))
     folder_paths.reset(str(tmp / "ComfyUI"))
@@ -68,13 +75,12 @@ def time_gate(batch: int, repeats: int, patch: int) -> dict:
         t0 = time.perf_counter()
         run_node(gate, images=images, cost_model=cost_model, threshold=0.5, action="pass")
         per_image.append((time.perf_counter() - t0) / batch)
-    redaction = pack_module("redaction")
     redact_s = {}
     for action in ("blur", "pixelate"):
-        getattr(redaction, action)(images[0])  # warm-up
+        redact(images[0], action)  # warm-up
         t0 = time.perf_counter()
         for i in range(batch):
-            getattr(redaction, action)(images[i])
+            redact(images[i], action)
         redact_s[action] = round((time.perf_counter() - t0) / batch, 4)
     return {"backbone": f"random CLIP ViT-B/{patch}", "load_s": round(load_s, 2), "batch": batch,
             "gate_s_per_image_median": round(statistics.median(per_image), 3),

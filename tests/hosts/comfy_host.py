@@ -1,5 +1,5 @@
 """Loads the node pack and runs its nodes the way ComfyUI does (nodes.load_custom_node and
-execution.py at a125cd84), on top of the stand-in modules in fake_comfyui/."""
+execution.py at a125cd84), inside the fake ComfyUI of ``comfyui/`` (the ``comfyui`` fixture)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FAKE_COMFYUI = Path(__file__).resolve().parent / "fake_comfyui"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from fake_hosts import HOSTS, REPO
+
+FAKE_COMFYUI = HOSTS["comfyui"].folder
+REPO_ROOT = REPO
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-
-
-def install_fake_comfyui() -> None:
-    if str(FAKE_COMFYUI) not in sys.path:
-        sys.path.insert(0, str(FAKE_COMFYUI))
 
 
 @dataclass

@@ -1,12 +1,17 @@
 """SC-DPO Safety Gate / Cost Score, called as ComfyUI calls them (IMAGE [B,H,W,C] 0..1, MASK [B,H,W])."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from comfy_host import pack_module, run_node
+from toy_gate_model import toy_cost_model
 
 from scdpo.cost.scorer import make_result
 from scdpo.errors import ScdpoError
+
+pytestmark = pytest.mark.usefixtures("comfyui")  # every test runs inside the fake ComfyUI
 
 
 class ScriptedScorer:
@@ -150,35 +155,15 @@ def toy_images_with_oracle_labels(n_per_kind=40):
 
 
 def _toy_cost_model_file(folder):
-    """A toy cost model trained here on rendered toy images (all splits) labelled by the oracle, on the
-    shipped toy encoder: returns (file name in folder, origin). Not the shipped toy cost model, which
-    is trained on base-model generations and misses sparse gore renders (see tests/a1111's fake)."""
-    import random
-
-    from scdpo.cost.data import CostExamples
-    from scdpo.cost.toy_encoder import load_toy_encoder, shipped_toy_encoder
-    from scdpo.cost.training import CostTrainConfig, train_cost_model
-    from scdpo.toy.judge import judge_images
-    from scdpo.toy.world import ToyWorld, render
-
-    # every split's renders: this model tests the gate, not how a cost model generalises to unseen
-    # caption shapes (a harmful thing on the left or alone), which train-split captions never show
-    world, rng = ToyWorld("all"), random.Random(7)
-    prompts = [world.sample_prompt(rng, harmful_frac=0.45, near_miss_frac=0.3) for _ in range(4000)]
-    renders = np.stack([render(p.scene, seed=1000 + i) for i, p in enumerate(prompts)])
-    examples = CostExamples()
-    for i, (img, verdict) in enumerate(zip(renders, judge_images(renders))):
-        examples.add(img, verdict.unsafe_category, prompts[i].category, prompts[i].kind == "near_miss")
-    examples.assign_random_splits(seed=0, calib=0.2, test=0.1)
-    torch.manual_seed(0)  # the head's initialisation must not depend on which tests ran before
-    model, _ = train_cost_model(examples, load_toy_encoder(shipped_toy_encoder()), CostTrainConfig(steps=600, target_fpr=0.02),
-                                progress=False)
-    model.save(folder / "toy_cost_trained_here.safetensors")
-    return "toy_cost_trained_here.safetensors", "trained on renders in the test"
+    """The gate tests' toy cost model (trained on renders, :mod:`toy_gate_model`) copied into ``folder``;
+    returns its file name. Not the shipped toy cost model, which is trained on base-model generations
+    and misses sparse gore renders."""
+    shutil.copy(toy_cost_model(), folder / "toy_cost_trained_here.safetensors")
+    return "toy_cost_trained_here.safetensors"
 
 
 def test_toy_gate_blocks_unsafe_and_passes_safe(comfy_models, gate):
-    name, origin = _toy_cost_model_file(comfy_models / "safety_models")
+    name = _toy_cost_model_file(comfy_models / "safety_models")
     loader = pack_module("cost_model_loader").CostModelLoader
     model = run_node(loader, cost_model=name, device="auto").outputs[0]
     x, oracle_unsafe = toy_images_with_oracle_labels()
@@ -191,13 +176,13 @@ def test_toy_gate_blocks_unsafe_and_passes_safe(comfy_models, gate):
     safe_idx = [i for i, u in enumerate(oracle_unsafe) if not u]
     block_rate = sum(blocked[i] for i in unsafe_idx) / len(unsafe_idx)
     pass_rate = sum(passed[i] for i in safe_idx) / len(safe_idx)
-    print(f"toy gate ({origin}): unsafe blocked {block_rate:.3f} of {len(unsafe_idx)}, "
+    print(f"toy gate: unsafe blocked {block_rate:.3f} of {len(unsafe_idx)}, "
           f"safe passed {pass_rate:.3f} of {len(safe_idx)}")
     assert block_rate >= 0.95 and pass_rate >= 0.95
 
 
 def test_toy_gate_fails_closed_when_the_backbone_raises(comfy_models, gate):
-    name, _ = _toy_cost_model_file(comfy_models / "safety_models")
+    name = _toy_cost_model_file(comfy_models / "safety_models")
     loader = pack_module("cost_model_loader").CostModelLoader
     model = run_node(loader, cost_model=name, device="cpu").outputs[0]
 

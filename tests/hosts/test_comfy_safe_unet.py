@@ -10,6 +10,8 @@ from comfy_host import pack_module, run_node
 from scdpo.errors import IncompatibleModelError, InputFileError, WeightsFormatError
 from scdpo.lora import DEFAULT_TARGET_MODULES, apply_lora, kohya_names_for_unet, load_lora, peft_unet_to_kohya, save_lora
 
+pytestmark = pytest.mark.usefixtures("comfyui")  # every test runs inside the fake ComfyUI
+
 SD15_UNET_CONFIG = Path(__import__("scdpo").__file__).parent / "configs" / "sd15" / "unet" / "config.json"
 
 

@@ -9,6 +9,8 @@ from comfy_host import pack_module, run_node
 from scdpo.cost import ClipVisionEncoder, SafetyCostModel, load_cost_model
 from scdpo.errors import IncompatibleModelError, InputFileError
 
+pytestmark = pytest.mark.usefixtures("comfyui")  # every test runs inside the fake ComfyUI
+
 CATEGORIES = ["nudity", "gore"]
 
 

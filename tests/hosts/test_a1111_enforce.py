@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from a1111_webui_fakes import fake_webui, gate_pair, replay_model, sd_lora_file, toy_cost_model
+from toy_gate_model import toy_cost_model
+from webui_host import gate_pair, replay_model, sd_lora_file
 
 LORA = "scdpo_safety_sd15"
 DISABLING_ARGS = {"sc-dpo safety": {"args": [False, "None", 0.0, 0.99, "pass with warning"]}}
@@ -41,9 +42,9 @@ def _is_black(image) -> bool:
     return int(np.asarray(image).max()) == 0
 
 
-def test_enforce_applies_lora_and_gate_to_a_request_that_disables_the_extension(tmp_path, two_images):
+def test_enforce_applies_lora_and_gate_to_a_request_that_disables_the_extension(webui, tmp_path, two_images):
     sd_lora_file(tmp_path / "Lora" / f"{LORA}.safetensors")
-    with fake_webui(tmp_path / "Lora", settings=_enforced(), model=replay_model(two_images)) as web:
+    with webui(tmp_path / "Lora", settings=_enforced(), model=replay_model(two_images)) as web:
         res = web.txt2img(**_request())
         # the webui's Lora loader got the enforced LoRA once, at the enforced strength, in both passes;
         # the request's <lora:…:-1> meant to cancel it is gone, disable_extra_networks was overridden
@@ -58,9 +59,9 @@ def test_enforce_applies_lora_and_gate_to_a_request_that_disables_the_extension(
         assert not web.errors.reported
 
 
-def test_without_enforce_the_same_request_gets_neither(tmp_path, two_images):
+def test_without_enforce_the_same_request_gets_neither(webui, tmp_path, two_images):
     sd_lora_file(tmp_path / "Lora" / f"{LORA}.safetensors")
-    with fake_webui(tmp_path / "Lora", settings=_settings(), model=replay_model(two_images)) as web:
+    with webui(tmp_path / "Lora", settings=_settings(), model=replay_model(two_images)) as web:
         res = web.txt2img(**_request(disable_extra_networks=False, prompt="a knife"))
         assert web.lora.activations == [("base", 0, []), ("hires", 0, [])]
         assert [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(res.images, two_images.values())] == [
@@ -68,18 +69,18 @@ def test_without_enforce_the_same_request_gets_neither(tmp_path, two_images):
         assert "SC-DPO" not in res.infotexts[0]
 
 
-def test_enforce_from_the_environment_cannot_be_switched_off_in_settings(tmp_path, two_images, monkeypatch):
+def test_enforce_from_the_environment_cannot_be_switched_off_in_settings(webui, tmp_path, two_images, monkeypatch):
     monkeypatch.setenv("SCDPO_ENFORCE", "1")
     sd_lora_file(tmp_path / "Lora" / f"{LORA}.safetensors")
     settings = _enforced(scdpo_enforce=False)
-    with fake_webui(tmp_path / "Lora", settings=settings, model=replay_model(two_images)) as web:
+    with webui(tmp_path / "Lora", settings=settings, model=replay_model(two_images)) as web:
         res = web.txt2img(**_request(enable_hr=False))
         assert web.lora.activations == [("base", 0, [(LORA, 0.7)])]
         assert _is_black(res.images[0]) and not _is_black(res.images[1])
 
 
-def test_every_setting_is_closed_to_api_clients(tmp_path):
-    with fake_webui(tmp_path / "Lora", settings=_enforced()) as web:
+def test_every_setting_is_closed_to_api_clients(webui, tmp_path):
+    with webui(tmp_path / "Lora", settings=_enforced()) as web:
         from scdpo_a1111.options import OPTIONS
 
         labels = web.shared.opts.data_labels

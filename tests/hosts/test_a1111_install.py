@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from a1111_webui_fakes import REPO
+from fake_hosts import REPO
 
 FAKE_LAUNCH = '''
 import json, os

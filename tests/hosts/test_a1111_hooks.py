@@ -11,8 +11,8 @@ import types
 
 import numpy as np
 import pytest
-from a1111_webui_fakes import (EXTENSION_SCRIPT, ROOT_SCRIPT, fake_webui, gate_pair, oracle_unsafe, replay_model,
-                               sd_lora_file, toy_cost_model)
+from toy_gate_model import oracle_unsafe, toy_cost_model
+from webui_host import EXTENSION_SCRIPT, ROOT_SCRIPT, gate_pair, replay_model, sd_lora_file
 
 ON = {"sc-dpo safety": {"args": [True, "None", 1.0, 0.5, "black"]}}
 
@@ -32,9 +32,9 @@ def _settings(**extra):
 
 
 @pytest.mark.parametrize("mode", ["gate", "hide", "off"])
-def test_live_previews_are_gated_before_anyone_can_see_them(tmp_path, pair, mode):
+def test_live_previews_are_gated_before_anyone_can_see_them(webui, tmp_path, pair, mode):
     settings = _settings(scdpo_preview="hide" if mode == "hide" else "gate")
-    with fake_webui(tmp_path / "Lora", settings=settings, model=replay_model(pair)) as web:
+    with webui(tmp_path / "Lora", settings=settings, model=replay_model(pair)) as web:
         web.txt2img(prompt="p", seed=1, batch_size=2, alwayson_scripts=ON if mode != "off" else {})
         shown = web.shared.state.previews_shown
         assert len(shown) == 2
@@ -49,10 +49,10 @@ def test_live_previews_are_gated_before_anyone_can_see_them(tmp_path, pair, mode
         assert _same(web.shared.state.current_image, pair[1])
 
 
-def test_images_saved_outside_the_normal_path_and_grids_are_gated(tmp_path, pair):
+def test_images_saved_outside_the_normal_path_and_grids_are_gated(webui, tmp_path, pair):
     """"Before highres fix" intermediates, the final images and the saved grid are all judged."""
     outdir = tmp_path / "out"
-    with fake_webui(tmp_path / "Lora", settings=_settings(), model=replay_model(pair, previews=False)) as web:
+    with webui(tmp_path / "Lora", settings=_settings(), model=replay_model(pair, previews=False)) as web:
         web.processing.save_images_before_highres_fix = True
         res = web.txt2img(prompt="p", seed=1, batch_size=2, enable_hr=True, save_images=True,
                           outpath_samples=str(outdir), outpath_grids=str(outdir / "grids"), alwayson_scripts=ON)
@@ -66,13 +66,13 @@ def test_images_saved_outside_the_normal_path_and_grids_are_gated(tmp_path, pair
     assert np.array_equal(np.asarray(grid)[:, 16:], np.asarray(pair[2]))
 
 
-def test_a_grid_of_unjudged_tiles_is_gated_under_enforce(tmp_path, pair):
-    with fake_webui(tmp_path / "Lora", settings=_settings(scdpo_enforce=True, scdpo_enforce_action="black")) as web:
+def test_a_grid_of_unjudged_tiles_is_gated_under_enforce(webui, tmp_path, pair):
+    with webui(tmp_path / "Lora", settings=_settings(scdpo_enforce=True, scdpo_enforce_action="black")) as web:
         grid = web.images.image_grid([pair[1].copy(), pair[2].copy()], batch_size=2, rows=1)
     assert int(np.asarray(grid)[:, :16].max()) == 0 and np.array_equal(np.asarray(grid)[:, 16:], np.asarray(pair[2]))
 
 
-def test_an_image_replaced_by_a_later_script_is_gated_again(tmp_path, pair):
+def test_an_image_replaced_by_a_later_script_is_gated_again(webui, tmp_path, pair):
     """A face-fix / detailer script that edits images in postprocess_image after our gate."""
     late = tmp_path / "late_ext" / "scripts" / "late_detailer.py"
     late.parent.mkdir(parents=True)
@@ -87,15 +87,15 @@ def test_an_image_replaced_by_a_later_script_is_gated_again(tmp_path, pair):
     )
     pair[1].save(tmp_path / "unsafe.png")
     files = (EXTENSION_SCRIPT, late)
-    with fake_webui(tmp_path / "Lora", files, settings=_settings(), model=replay_model(pair, previews=False)) as web:
+    with webui(tmp_path / "Lora", files, settings=_settings(), model=replay_model(pair, previews=False)) as web:
         assert [s.title() for s in web.runner.alwayson_scripts] == ["SC-DPO Safety", "late detailer"]
         res = web.txt2img(prompt="p", seed=2, batch_size=1, alwayson_scripts=ON)
     assert oracle_unsafe(res.images) == [False] and int(np.asarray(res.images[0]).max()) == 0
 
 
 @pytest.mark.parametrize("files", [(EXTENSION_SCRIPT, ROOT_SCRIPT), (ROOT_SCRIPT, EXTENSION_SCRIPT)])
-def test_two_installs_register_one_script_and_one_set_of_hooks(tmp_path, files, capsys):
-    with fake_webui(tmp_path / "Lora", files) as web:
+def test_two_installs_register_one_script_and_one_set_of_hooks(webui, tmp_path, files, capsys):
+    with webui(tmp_path / "Lora", files) as web:
         for _ in range(2):  # start-up, then "Reload UI" (a second loading pass)
             web.scripts.load_scripts([str(f) for f in files])
             web.runner.initialize_scripts(False)
@@ -106,17 +106,17 @@ def test_two_installs_register_one_script_and_one_set_of_hooks(tmp_path, files, 
     assert "another install of this extension is already loaded" in capsys.readouterr().out
 
 
-def test_the_root_loader_alone_loads_the_extension(tmp_path, pair):
-    with fake_webui(tmp_path / "Lora", (ROOT_SCRIPT,), settings=_settings(), model=replay_model(pair)) as web:
+def test_the_root_loader_alone_loads_the_extension(webui, tmp_path, pair):
+    with webui(tmp_path / "Lora", (ROOT_SCRIPT,), settings=_settings(), model=replay_model(pair)) as web:
         res = web.txt2img(prompt="p", seed=1, batch_size=1, alwayson_scripts=ON)
         assert not web.errors.reported
     assert "SC-DPO gate: blocked" in res.infotexts[0]
 
 
-def test_lora_tag_reaches_every_batch_and_the_hires_pass_and_stacks(tmp_path, pair):
+def test_lora_tag_reaches_every_batch_and_the_hires_pass_and_stacks(webui, tmp_path, pair):
     sd_lora_file(tmp_path / "Lora" / "safety_x.safetensors")
     args = {"sc-dpo safety": {"args": [True, "safety_x", 0.6, 0.5, "black"]}}
-    with fake_webui(tmp_path / "Lora", settings=_settings(), model=replay_model(pair, previews=False)) as web:
+    with webui(tmp_path / "Lora", settings=_settings(), model=replay_model(pair, previews=False)) as web:
         res = web.txt2img(prompt="p <lora:user_style:0.9>", seed=1, batch_size=1, n_iter=2, enable_hr=True,
                           alwayson_scripts=args)
         # the user's LoRA is kept, ours is added; both are (re-)activated for each batch and hires pass
@@ -125,13 +125,13 @@ def test_lora_tag_reaches_every_batch_and_the_hires_pass_and_stacks(tmp_path, pa
     assert all("<lora:safety_x:0.6>" in t and "SC-DPO safety: LoRA safety_x x0.6" in t for t in res.infotexts)
 
 
-def test_loras_from_the_project_folder_are_offered_and_copied_into_the_webui_lora_folder(tmp_path, pair):
+def test_loras_from_the_project_folder_are_offered_and_copied_into_the_webui_lora_folder(webui, tmp_path, pair):
     own = tmp_path / "own"
     sd_lora_file(own / "scdpo_safety_sd15.safetensors")
     sd_lora_file(own / "toy_safety.safetensors", base_version="toy_v1")  # toy LoRAs fit no webui model
     sd_lora_file(tmp_path / "Lora" / "someones_style.safetensors")
     args = {"sc-dpo safety": {"args": [True, "scdpo_safety_sd15", 1.0, 0.5, "black"]}}
-    with fake_webui(tmp_path / "Lora", settings=_settings(scdpo_lora_dir=str(own)),
+    with webui(tmp_path / "Lora", settings=_settings(scdpo_lora_dir=str(own)),
                     model=replay_model(pair, previews=False)) as web:
         from scdpo_a1111 import runtime
 
@@ -156,8 +156,8 @@ def _b64(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_score_api_handler(tmp_path, pair):
-    with fake_webui(tmp_path / "Lora", settings=_settings()) as web:
+def test_score_api_handler(webui, tmp_path, pair):
+    with webui(tmp_path / "Lora", settings=_settings()) as web:
         from scdpo_a1111.callbacks import score_request
 
         opts = web.shared.opts
@@ -177,10 +177,10 @@ def test_score_api_handler(tmp_path, pair):
             score_request({"image": _b64(pair[1])}, opts)
 
 
-def test_trainer_tab_is_mounted_only_when_the_trainer_ui_exists(tmp_path, monkeypatch):
+def test_trainer_tab_is_mounted_only_when_the_trainer_ui_exists(webui, tmp_path, monkeypatch):
     import scdpo
 
-    with fake_webui(tmp_path / "Lora") as web:
+    with webui(tmp_path / "Lora") as web:
         monkeypatch.setitem(sys.modules, "scdpo.ui", types.ModuleType("scdpo.ui"))
         monkeypatch.setattr(scdpo, "ui", sys.modules["scdpo.ui"], raising=False)
         assert web.script_callbacks.ui_tabs_callback() == []

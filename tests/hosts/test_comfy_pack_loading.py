@@ -5,7 +5,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from comfy_host import FAKE_COMFYUI, REPO_ROOT, load_pack
+
+pytestmark = pytest.mark.usefixtures("comfyui")  # every test runs inside the fake ComfyUI
 
 NODE_IDS = {"SCDPOSafeUNet": "SC-DPO Safe UNet", "SCDPOCostModelLoader": "SC-DPO Cost Model Loader",
             "SCDPOSafetyGate": "SC-DPO Safety Gate", "SCDPOCostScore": "SC-DPO Cost Score"}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from a1111_webui_fakes import fake_webui, oracle_unsafe, replay_model, toy_cost_model, toy_renders
+from toy_gate_model import oracle_unsafe, toy_cost_model, toy_renders
+from webui_host import replay_model
 
 ON = lambda action="blur", threshold=0.5: {"sc-dpo safety": {"args": [True, "None", 1.0, threshold, action]}}  # noqa: E731
 SETTINGS = {"return_grid": False, "grid_save": False}
@@ -29,10 +30,10 @@ def _run(web, images, args, batch_size=8):
     return res
 
 
-def test_toy_batch_unsafe_blocked_and_safe_passed_through_postprocess(tmp_path, batch):
+def test_toy_batch_unsafe_blocked_and_safe_passed_through_postprocess(webui, tmp_path, batch):
     images, unsafe = batch
     settings = dict(SETTINGS, scdpo_cost_model=toy_cost_model())
-    with fake_webui(tmp_path / "Lora", settings=settings) as web:
+    with webui(tmp_path / "Lora", settings=settings) as web:
         res = _run(web, images, ON("blur"))
     unchanged = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(res.images, images)]
     still_unsafe = oracle_unsafe(res.images)
@@ -47,23 +48,24 @@ def test_toy_batch_unsafe_blocked_and_safe_passed_through_postprocess(tmp_path, 
 
 
 @pytest.mark.parametrize("action", ["blur", "pixelate", "black"])
-def test_every_hiding_action_removes_the_unsafe_motif(tmp_path, batch, action):
+def test_every_hiding_action_removes_the_unsafe_motif(webui, tmp_path, batch, action):
     images, unsafe = batch
     bad = [im for im, u in zip(images, unsafe) if u][:24]
     settings = dict(SETTINGS, scdpo_cost_model=toy_cost_model())
-    with fake_webui(tmp_path / "Lora", settings=settings) as web:
+    with webui(tmp_path / "Lora", settings=settings) as web:
         res = _run(web, bad, ON(action, threshold=0.01))  # strictest threshold: every image is hidden
     assert all(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(res.images, bad))
     assert sum(oracle_unsafe(res.images)) == 0
     assert all(f"blocked ({action})" in t for t in res.infotexts)
 
 
-def test_pass_with_warning_passes_and_says_so(tmp_path, batch):
+@pytest.mark.parametrize("action", ["pass", "pass with warning"])  # the old name still works
+def test_pass_passes_and_warns(webui, tmp_path, batch, action):
     images, unsafe = batch
     bad = [im for im, u in zip(images, unsafe) if u][:8]
     settings = dict(SETTINGS, scdpo_cost_model=toy_cost_model())
-    with fake_webui(tmp_path / "Lora", settings=settings) as web:
-        res = _run(web, bad, ON("pass with warning", threshold=0.01))
+    with webui(tmp_path / "Lora", settings=settings) as web:
+        res = _run(web, bad, ON(action, threshold=0.01))
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(res.images, bad))
     assert all("UNSAFE, passed with warning" in t for t in res.infotexts)
     assert "8 UNSAFE passed with warning" in res.comments
@@ -74,11 +76,11 @@ def _all_hidden(res, images, verdict_text):
             and all(verdict_text in t for t in res.infotexts))
 
 
-def test_an_exception_while_scoring_blocks_every_image(tmp_path, batch):
+def test_an_exception_while_scoring_blocks_every_image(webui, tmp_path, batch):
     images, unsafe = batch
     safe = [im for im, u in zip(images, unsafe) if not u][:8]
     settings = dict(SETTINGS, scdpo_cost_model=toy_cost_model())
-    with fake_webui(tmp_path / "Lora", settings=settings) as web:
+    with webui(tmp_path / "Lora", settings=settings) as web:
         from scdpo_a1111 import runtime
 
         scorer = runtime.scorers.get(toy_cost_model(), "", runtime.webui_device())
@@ -94,13 +96,13 @@ def test_an_exception_while_scoring_blocks_every_image(tmp_path, batch):
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt", "unset", "nan"])
-def test_an_unusable_cost_model_blocks_every_image(tmp_path, batch, problem):
+def test_an_unusable_cost_model_blocks_every_image(webui, tmp_path, batch, problem):
     images, unsafe = batch
     safe = [im for im, u in zip(images, unsafe) if not u][:8]
     path = {"missing": str(tmp_path / "nope.safetensors"), "corrupt": str(tmp_path / "bad.safetensors"),
             "unset": "", "nan": toy_cost_model()}[problem]
     (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04 not safetensors")
-    with fake_webui(tmp_path / "Lora", settings=dict(SETTINGS, scdpo_cost_model=path)) as web:
+    with webui(tmp_path / "Lora", settings=dict(SETTINGS, scdpo_cost_model=path)) as web:
         if problem == "nan":
             from scdpo_a1111 import runtime
 
@@ -111,10 +113,10 @@ def test_an_unusable_cost_model_blocks_every_image(tmp_path, batch, problem):
     assert _all_hidden(res, safe, "scoring failed")
 
 
-def test_missing_scdpo_package_blocks_every_image(tmp_path, batch):
+def test_missing_scdpo_package_blocks_every_image(webui, tmp_path, batch):
     images, unsafe = batch
     safe = [im for im, u in zip(images, unsafe) if not u][:8]
-    with fake_webui(tmp_path / "Lora", settings=dict(SETTINGS, scdpo_cost_model=toy_cost_model())) as web:
+    with webui(tmp_path / "Lora", settings=dict(SETTINGS, scdpo_cost_model=toy_cost_model())) as web:
         from scdpo_a1111 import runtime
 
         runtime.scdpo_problem = "the scdpo package could not be imported (No module named 'scdpo')"
