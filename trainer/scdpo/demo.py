@@ -161,7 +161,7 @@ def data_stages(out: Path, plan: DemoPlan) -> list[Stage]:
         Stage("cost train: safety cost model", lambda: train_toy_cost_model(
             cost, n_train=plan.cost_train, n_calib=plan.cost_calib, n_test=plan.cost_test, steps=plan.gen_steps,
             cache_dir=str(out / "cache")), cost.exists),
-        Stage("data build: SCP preference pairs", lambda: build_dataset(scp, build),
+        Stage("data build: SCP preference pairs", lambda: build_dataset(scp, build, cost_model=str(cost)),
               lambda: (scp / "pairs.parquet").exists() and (scp / "dataset.json").exists()),
     ]
 
