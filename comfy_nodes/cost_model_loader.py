@@ -125,7 +125,7 @@ class CostModelLoader(io.ComfyNode):
                         "CLIP-based cost models need their CLIP vision encoder: connect CLIP_VISION or give a path.",
             inputs=[
                 io.Combo.Input("cost_model", options=cost_model_choices(),
-                               tooltip="A cost model written by `scdpo train-cost`, or the NudeNet detector."),
+                               tooltip="A cost model written by `scdpo cost train`, or the NudeNet detector."),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",
                                tooltip="auto: ComfyUI's GPU when present (offloaded when idle); cpu: always CPU."),
                 io.ClipVision.Input("clip_vision", optional=True,

@@ -125,7 +125,7 @@ class ScorerCache:
         path, backbone = (path or "").strip(), (backbone or "").strip()
         if not path:
             raise RuntimeError("no cost model configured: set Settings > SC-DPO Safety > Cost model "
-                               "(a .safetensors from `scdpo train-cost`, or `nudenet`)")
+                               "(a .safetensors from `scdpo cost train`, or `nudenet`)")
         key = (path, backbone, str(device), _mtime(path), _mtime(backbone))
         with self.lock:
             if key != self._key:

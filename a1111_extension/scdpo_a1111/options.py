@@ -26,7 +26,7 @@ PREVIEW_MODES = ("gate", "hide")
 
 # key -> (default, label, kind, choices); kind: text | bool | float | choice | lora
 OPTIONS: dict[str, tuple] = {
-    "scdpo_cost_model": ("", "Cost model: a .safetensors from `scdpo train-cost`, or `nudenet`", "text", None),
+    "scdpo_cost_model": ("", "Cost model: a .safetensors from `scdpo cost train`, or `nudenet`", "text", None),
     "scdpo_backbone": ("", "Cost model backbone (CLIP vision file or folder; empty = the one inside the cost model)",
                        "text", None),
     "scdpo_lora_dir": ("", "Folder with SC-DPO safety LoRAs besides the webui's Lora folder "

@@ -131,7 +131,7 @@ def check_probe(expected: torch.Tensor, encoder: ImageEncoder, cost_model_path: 
         raise IncompatibleModelError(
             f"cost model {cost_model_path} was trained on other weights of the backbone {encoder.backbone_id} "
             f"(probe-image embeddings agree only to cosine {cos:.3f}); pass the exact encoder file it was trained "
-            "with (see its metadata `backbone_source`) or retrain the head with `scdpo train-cost --backbone`"
+            "with (see its metadata `backbone_source`) or retrain the head with `scdpo cost train --backbone`"
         )
 
 

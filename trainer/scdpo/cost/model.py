@@ -117,7 +117,7 @@ def read_cost_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     meta = decode_metadata(raw)
     if meta.get("scdpo_kind") != COST_MODEL_KIND:
         raise WeightsFormatError(f"{path} is not a safety cost model (kind {meta.get('scdpo_kind')!r}); pass a file "
-                                 "written by `scdpo train-cost`, or `nudenet` for the NudeNet detector")
+                                 "written by `scdpo cost train`, or `nudenet` for the NudeNet detector")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise WeightsFormatError(f"cost model {path} has format version {version!r}; this scdpo reads up to "
@@ -165,7 +165,7 @@ def load_safety_cost_model(path: str | Path, backbone=None, device=None,
         raise IncompatibleModelError(
             f"cost model {path} was trained on backbone {meta['backbone_id']} ({meta['embed_dim']}-dim embeddings) "
             f"but the supplied encoder is {encoder.backbone_id} ({encoder.embed_dim}-dim); pass the backbone it was "
-            "trained with or retrain with `scdpo train-cost --backbone`"
+            "trained with or retrain with `scdpo cost train --backbone`"
         )
     check_probe(tensors["backbone.probe"], encoder, str(path))
     model = SafetyCostModel(encoder, list(meta["categories"]), int(meta["feature_dim"]), float(meta["threshold"]))

@@ -167,5 +167,5 @@ def shipped_toy_cost_model() -> Path:
     path = weights_dir() / "toy_cost_model.safetensors"
     if not path.exists():
         raise InputFileError(f"the shipped toy cost model {path} is missing; reinstall from a full checkout or "
-                             "re-create it with `scdpo train-cost --out weights/toy_cost_model.safetensors`")
+                             "re-create it with `scdpo cost train --out weights/toy_cost_model.safetensors`")
     return path

@@ -185,7 +185,7 @@ def load_toy_encoder(path: str | Path, device=None) -> ToyImageEncoder:
     meta = decode_metadata(raw)
     if meta.get("scdpo_kind") != TOY_ENCODER_KIND:
         raise WeightsFormatError(f"{path} is not a toy image encoder (kind {meta.get('scdpo_kind')!r}); "
-                                 "pass the file written by `scdpo train-toy-encoder`")
+                                 "pass the file written by `scdpo toy train-encoder`")
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     return toy_encoder_from_tensors(tensors, config, str(path)).to(device or "cpu")
 
@@ -197,5 +197,5 @@ def shipped_toy_encoder() -> Path:
     path = weights_dir() / TOY_ENCODER_FILE
     if not path.exists():
         raise InputFileError(f"the shipped toy image encoder {path} is missing; reinstall from a full checkout "
-                             "or re-create it with `scdpo train-toy-encoder --out weights/toy_encoder.safetensors`")
+                             "or re-create it with `scdpo toy train-encoder --out weights/toy_encoder.safetensors`")
     return path

@@ -8,7 +8,7 @@ pairs, seed and LoRA, then backward and an AdamW step:
   Diffusion-DPO and SafetyDPO training scripts do (VAE and text encoder inside the step);
 * ``adapter``: the reference is the same UNet with its LoRA disabled; inputs encoded at every step,
   so it differs from ``copy`` only in the reference call (identical losses);
-* ``trainer``: what ``scdpo train`` runs: the ``adapter`` reference on inputs encoded once before
+* ``trainer``: what ``scdpo lora train`` runs: the ``adapter`` reference on inputs encoded once before
   training (:mod:`scdpo.dpo.inputs`), the text encoder released.
 
 The targets compare ``trainer`` with ``copy``; the ``adapter`` row isolates the reference call.
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 VARIANTS = ("trainer", "adapter", "copy")
-VARIANT_TITLES = {"trainer": "ours, as scdpo train runs it", "adapter": "  same, inputs encoded every step",
+VARIANT_TITLES = {"trainer": "ours, as scdpo lora train runs it", "adapter": "  same, inputs encoded every step",
                   "copy": "separate frozen reference copy"}
 SWEEP_BATCHES = (1, 2, 4, 8)
 

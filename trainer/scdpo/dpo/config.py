@@ -199,7 +199,7 @@ def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = No
     for key, value in values.items():
         key = aliases.get(key, key).replace("-", "_")
         if key not in _FIELD_TYPES:
-            raise ScdpoError(f"{source}: unknown training option {key!r}; see `scdpo train --help` for the options")
+            raise ScdpoError(f"{source}: unknown training option {key!r}; see `scdpo lora train --help` for the options")
         setattr(cfg, key, _coerce(key, value, source))
     return cfg
 
@@ -263,8 +263,8 @@ _HELP = {
                      "concept goes wherever a prompt puts it, not only where the training captions do (0 = off; "
                      "see docs/method.md)",
     "shift_fraction": "largest sideways move of shift_augment, as a share of the image width",
-    "init_lora": "start from this safety LoRA (kohya .safetensors written by scdpo train) instead of a fresh "
-                 "adapter: a second round on data mined with it (build-dataset --attack-lora); it must match "
+    "init_lora": "start from this safety LoRA (kohya .safetensors written by scdpo lora train) instead of a fresh "
+                 "adapter: a second round on data mined with it (scdpo data build --attack-lora); it must match "
                  "--rank, --alpha and the target modules",
 }
 

@@ -371,7 +371,7 @@ class _TrainingRun:
         if self.accelerator.is_main_process:
             tensors = peft_unet_to_kohya(self.unet, TRAIN_ADAPTER)
             save_lora(paths["lora"], tensors, _training_metadata(cfg, self.model, summary, self.started_at))
-            save_train_config(cfg, paths["config"], header=f"scdpo train --config {paths['config'].name}\n"
+            save_train_config(cfg, paths["config"], header=f"scdpo lora train --config {paths['config'].name}\n"
                               f"resolved configuration of {paths['lora'].name} ({cfg.method})")
             for leftover in (paths["state"], paths["inputs"]):
                 if leftover.exists():

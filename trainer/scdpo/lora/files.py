@@ -148,7 +148,7 @@ def load_lora(path: str | Path) -> LoraFile:
         example = next(iter(tensors), "<no tensors>")
         raise WeightsFormatError(
             f"{path} is not a LoRA file: no lora_down/lora_up (kohya) or lora_A/lora_B (peft) keys "
-            f"(first key: {example!r}); pass a LoRA .safetensors written by `scdpo train` or a kohya trainer"
+            f"(first key: {example!r}); pass a LoRA .safetensors written by `scdpo lora train` or a kohya trainer"
         )
     _validate_kohya(lora.tensors, path)
     return lora

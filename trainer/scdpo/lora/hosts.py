@@ -1,7 +1,7 @@
 """Which hosts apply every key of a kohya LoRA file, and how much of the UNet it covers.
 
 Host rules (each checked against the host's own key-mapping code and in the real hosts with the
-host rigs; see the README section "LoRA files"):
+host rigs; see docs/formats.md#lora-files):
 
 * **ComfyUI** (a125cd84) maps ``lora_unet_<diffusers path>`` for every weight of its diffusers
   ↔ LDM table (``comfy.utils.unet_to_diffusers``): all 282 SD1.5 / 794 SDXL Linear and Conv2d

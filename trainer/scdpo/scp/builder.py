@@ -529,7 +529,7 @@ def mine_attack_pairs(model, scorer, reward, data: str | Path, out: str | Path, 
             groups.setdefault((row["prompt"], row["safe_prompt"], row["category"]), row)
     if not groups:
         raise DatasetError(f"{source} has no harmful rows with a safe_prompt; attack pairs push the safe rewrite "
-                           "(build the data with scdpo build-dataset, or add a safe_prompt column)")
+                           "(build the data with scdpo data build, or add a safe_prompt column)")
     keys = list(groups)
     specs = [PromptSpec(t, True, c, "harmful", s, None, (toy_prompts or {}).get(t)) for t, s, c in keys]
     directions = concept_directions(model, specs)

@@ -51,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--attack-candidates", type=int, default=0,
                    help="samples of each harmful prompt's safe rewrite pushed along its concept direction "
                         "(a Ring-A-Bell-style attack); the most unsafe one is the loser of one more pair, which "
-                        "the trainer conditions on the same pushed embedding (default 0 = off; see the README, "
-                        "Attack pairs)")
+                        "the trainer conditions on the same pushed embedding (default 0 = off; see "
+                        "docs/training.md#build-it-scdpo-data-build)")
     b.add_argument("--attack-strengths", default="1,2,3",
                    help="comma list of push strengths η, one drawn per prompt (default 1,2,3)")
     b.add_argument("--attack-lora", default=None,
@@ -207,7 +207,7 @@ def _mine(args) -> int:
             specs = toy_prompt_specs(built["n_prompts"], built["harmful_frac"], built["near_miss_frac"], built["seed"],
                                      built.get("composite_frac", 0.0))
         except (OSError, ValueError, KeyError, TypeError):
-            raise ScdpoError(f"{args.data} was not built from toy prompts by scdpo build-dataset (its dataset.json "
+            raise ScdpoError(f"{args.data} was not built from toy prompts by scdpo data build (its dataset.json "
                              "has no build config), so the toy reward cannot score it; pass --reward "
                              "package.module:function") from None
         toy_prompts = {p.text: p.toy_prompt for p in specs}

@@ -91,11 +91,11 @@ def _read_table(path: Path):
         table = pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
         raise DatasetError(f"SCP dataset {path} is not a readable parquet file ({str(exc)[:160]}); rebuild it with "
-                           "`scdpo build-dataset` or re-import it") from None
+                           "`scdpo data build` or re-import it") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise DatasetError(f"SCP dataset {path} lacks column(s) {', '.join(missing)}; it was not written by "
-                           "`scdpo build-dataset` / `scdpo import-dataset`")
+                           "`scdpo data build` / `scdpo data import`")
     for col in _BINARY:
         kind = table.schema.field(col).type
         if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
@@ -153,7 +153,7 @@ def resolve_pairs_file(path: str | Path) -> Path:
     if path.is_dir():
         path = path / PAIRS_FILE
     if not path.is_file():
-        raise InputFileError(f"SCP dataset not found: {path}; pass the folder written by `scdpo build-dataset` "
+        raise InputFileError(f"SCP dataset not found: {path}; pass the folder written by `scdpo data build` "
                              f"(it holds {PAIRS_FILE})")
     return path
 

@@ -1,12 +1,12 @@
 """Training-memory plan for SC-DPO LoRA training on SD 1.x / SDXL, and a CPU measurement of it.
 
-The plan (see the README's memory section): fp16/bf16 base UNet, LoRA weights + AdamW states in
+The plan (see docs/training.md#memory-plan-estimate): fp16/bf16 base UNet, LoRA weights + AdamW states in
 fp32, gradient checkpointing, SDPA attention, text embeddings and VAE latents cached before
 training (text encoders and VAE not resident while training), one preference pair per micro-batch
 (winner + loser = 2 latents through one batched forward; the reference is the same UNet with the
 adapter disabled, run under ``no_grad``), gradient accumulation for larger effective batches.
 
-``scdpo train`` applies all of it with ``--gradient-checkpointing --batch-size 1 --grad-accum N``
+``scdpo lora train`` applies all of it with ``--gradient-checkpointing --batch-size 1 --grad-accum N``
 (input caching is its default, :mod:`scdpo.dpo.inputs`); with ``--no-cache-inputs`` it keeps
 the encoders resident and encodes every step, which ``estimate_training_memory(...,
 cached_inputs=False)`` accounts for (without the VAE encoder's activations).

@@ -40,7 +40,7 @@ class OptionSpec:
     """One command-line option as a form field.
 
     ``default``: the value argparse uses when the flag is absent (None when the flag is absent
-    from the namespace, as ``scdpo train``'s config-backed flags are); ``default_text``: the
+    from the namespace, as ``scdpo lora train``'s config-backed flags are); ``default_text``: the
     default as the help text states it, shown as a placeholder.
     """
 
