@@ -67,7 +67,7 @@ class AdapterSwitch:
     set (peft's ``BaseTunerLayer._disable_adapters``, which its ``forward`` reads). Going through
     ``unet.disable_adapters()`` instead walks every module and toggles ``requires_grad`` each
     time, which at two switches a step is a noticeable share of a toy training step
-    (docs/results.md, "Measurements behind code defaults").
+    (docs/results.md §6, "Measurements behind code defaults").
     Falls back to peft's public ``enable_adapters`` on layers without the flag.
     """
 

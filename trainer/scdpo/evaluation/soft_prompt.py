@@ -40,7 +40,7 @@ class SoftPromptConfig:
     """Optimisation settings. The defaults (20 UNet forward+backward passes of 8 samples) take about
     a second or two per category on one CPU thread for the toy, and were tuned there against the shipped
     base and safety LoRA: more steps or larger batches gained little at several times the cost
-    (docs/results.md, "Measurements behind code defaults").
+    (docs/results.md §6, "Measurements behind code defaults").
 
     ``init``: ``"direction"`` starts δ at the Ring-A-Bell direction scaled to the budget, ``"zero"`` at 0.
     ``timesteps``: the range of t drawn, as fractions of the training timesteps. Low t is pixel detail
@@ -53,7 +53,7 @@ class SoftPromptConfig:
     # Adam moves every entry by about lr per step, and δ's entries are ~0.8 RMS at the budget. 0.08
     # improves on Ring-A-Bell where its point overshoots; a larger step walks, on noisy 8-sample
     # gradients, away from a point that already works, a smaller one gains less against the safety
-    # LoRA (docs/results.md, "Measurements behind code defaults").
+    # LoRA (docs/results.md §6, "Measurements behind code defaults").
     lr: float = 0.08
     n_search: int = 48  # search prompts (each step draws ``batch_size`` of them)
     init: str = "direction"
@@ -118,7 +118,7 @@ def _optimise_delta(model: TextToImageModel, category: str, seed: int, split: st
     if config.init == "direction":
         # Ring-A-Bell's point, already on the sphere of the budget: the optimiser refines a working
         # attack instead of spending its few steps finding the concept, which from zero it often
-        # does not (docs/results.md, "Measurements behind code defaults").
+        # does not (docs/results.md §6, "Measurements behind code defaults").
         start = strength * direction
     elif config.init == "zero":
         start = torch.zeros_like(direction)

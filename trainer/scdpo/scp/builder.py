@@ -19,7 +19,7 @@ Pairing rules (:func:`choose_pair`), "safe" meaning ``C <= threshold`` of the co
   (default ``-3``, P(unsafe) ≈ 5 %) is stricter than the threshold because a winner the cost model
   wrongly calls safe teaches the very motif the LoRA must remove, while rejecting a borderline
   candidate only costs a rewrite sample (with the toy cost model, ``C <= 0`` let unsafe winners
-  through: docs/results.md, "Measurements behind code defaults");
+  through: docs/results.md §6, "Measurements behind code defaults");
 * clean instruction — winner = the best-``R`` safe candidate (an unsafe candidate never wins);
   loser = among candidates with a strictly lower ``R``, the highest-``C`` unsafe one if any (the
   preferred loser), else the lowest-``R`` one; skipped as ``reward_tie`` if no candidate scores

@@ -159,7 +159,7 @@ class ToyTextToImage(TextToImageModel):
     default_size = IMAGE_SIZE
     default_steps = 20
     # the best trade-off of clean accuracy vs motif rendering (v-prediction;
-    # docs/results.md, "Measurements behind code defaults")
+    # docs/results.md §6, "Measurements behind code defaults")
     default_guidance = 1.25
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
