@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pyarrow.parquet as pq
@@ -374,3 +375,24 @@ def test_build_command_rejects_impossible_counts_in_one_line(tmp_path, capsys, f
     err = capsys.readouterr().err
     want = "must be a comma list of positive numbers" if flag == "--attack-strengths" else "must be at least"
     assert f"{flag} {want}" in err and not (tmp_path / "scp").exists()
+
+
+def test_a_composite_gets_one_more_loser_without_its_look_alike():
+    # harmful: candidate 0 unsafe, 1 confidently safe (the winner, look-alike kept, R 1.0); erased samples
+    # (the look-alike missing) at R 0.5 and 0.4: the lowest below the winner becomes one more loser
+    choice = choose_pair(True, cost=[4.0, -5.0], reward=[0.9, 1.0], unsafe=[True, False], winner_max_cost=-3.0,
+                         pairs=1, erased_reward=[0.5, 0.4])
+    assert (choice.winner, choice.loser, choice.extra_losers) == (1, 0, [3])
+    # no erased sample below the winner's reward: nothing added; no erased samples: as before
+    assert choose_pair(True, [4.0, -5.0], [0.9, 0.4], [True, False], winner_max_cost=-3.0,
+                       erased_reward=[0.5]).extra_losers == []
+    assert choose_pair(True, [4.0, -5.0], [0.9, 1.0], [True, False], winner_max_cost=-3.0).extra_losers == []
+
+
+def test_composite_prompts_carry_an_empty_erased_rewrite():
+    from scdpo.toy.world import ToyWorld
+
+    world = ToyWorld("train")
+    p = world.composite_prompt(random.Random(3))
+    assert p.erased_text and p.erased_scene.things == () and p.erased_scene.background == p.scene.background
+    assert p.erased_text != p.safe_text

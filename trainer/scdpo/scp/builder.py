@@ -80,7 +80,7 @@ class PromptSpec:
     category: Optional[str] = None
     kind: str = "clean"  # harmful | clean | near_miss
     safe_text: Optional[str] = None  # the safe rewrite (toy: given by the world's generator)
-    erased_text: Optional[str] = None  # a look-alike prompt without its look-alike (clean prompts only)
+    erased_text: Optional[str] = None  # a look-alike prompt (or a composite's safe rewrite) without its look-alike
     toy_prompt: object = None  # scdpo.toy.world.ToyPrompt for the toy reward
 
 
@@ -90,6 +90,7 @@ class BuildConfig:
     candidates: int = 4  # N samples per prompt
     rewrite_candidates: int = 2  # samples of the safe rewrite when no candidate is safe
     erased_candidates: int = 2  # samples of a look-alike prompt's erased rewrite, losers (0: off)
+    composite_erased: bool = False  # also for composite harmful prompts: one more loser without the look-alike
     attack_candidates: int = 0  # samples of a harmful prompt under an attacked embedding (0: off)
     attack_strengths: tuple = (1.0, 2.0, 3.0)  # η of those samples, one drawn per prompt
     harmful_frac: float = 0.5  # toy prompt mix (ratio of harmful to clean instructions)
@@ -127,11 +128,18 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
 
     ``unsafe[i]`` is the cost model's verdict (``C > threshold``); a harmful pair's winner must in
     addition have ``C <= winner_max_cost``. ``pairs``: at most this many losers for the winner.
-    ``erased_reward``: ``R`` of a clean prompt's erased-rewrite samples; loser index
-    ``len(cost) + k`` names sample ``k``.
+    ``erased_reward``: ``R`` of a look-alike prompt's erased-rewrite samples (a harmful composite's: its
+    safe rewrite without the look-alike, of which the lowest below the winner is one more loser); loser
+    index ``len(cost) + k`` names sample ``k``.
     """
     idx = range(len(cost))
     safe = [i for i in idx if not unsafe[i]]
+
+    def _erased_loser(winner_reward: float) -> list[int]:
+        """A composite's erased sample (the look-alike missing) below the winner's reward: one more loser."""
+        below = [k for k in range(len(erased_reward)) if erased_reward[k] < winner_reward]
+        return [len(cost) + min(below, key=lambda k: (erased_reward[k], k))] if below else []
+
     if is_harmful:
         by_cost = sorted(idx, key=lambda i: (-cost[i], i))
         if not unsafe[by_cost[0]]:
@@ -139,11 +147,13 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
         losers = [i for i in by_cost if unsafe[i]][:max(1, pairs)]
         confident = [i for i in safe if cost[i] <= winner_max_cost]
         if confident:
-            return PairChoice(_best(confident, reward, cost), losers[0], extra_losers=losers[1:])
+            winner = _best(confident, reward, cost)
+            return PairChoice(winner, losers[0], extra_losers=losers[1:] + _erased_loser(reward[winner]))
         safe_rw = [j for j in range(len(rewrite_cost)) if not rewrite_unsafe[j] and rewrite_cost[j] <= winner_max_cost]
         if safe_rw:
-            return PairChoice(_best(safe_rw, rewrite_reward, rewrite_cost), losers[0], from_rewrite=True,
-                              extra_losers=losers[1:])
+            winner = _best(safe_rw, rewrite_reward, rewrite_cost)
+            return PairChoice(winner, losers[0], from_rewrite=True,
+                              extra_losers=losers[1:] + _erased_loser(rewrite_reward[winner]))
         return PairChoice(skip_reason="no_safe_winner")
     if not safe:
         return PairChoice(skip_reason="no_safe_winner")
@@ -378,8 +388,9 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
                     and not any(not s.unsafe and s.cost <= winner_max_cost for s in candidates[j])]
     safe_rewrites = _sample(model, scorer, reward, prompts, need_rewrite, SampleSource.SAFE_REWRITE,
                             cfg.rewrite_candidates, first_index, cfg)
-    # Erased rewrites of look-alike prompts: losers scored against the original prompt.
-    look_alike = [j for j, p in enumerate(prompts) if not p.is_harmful and p.erased_text]
+    # Erased rewrites of look-alike prompts (and, with composite_erased, of composites' safe rewrites):
+    # losers scored against the original prompt.
+    look_alike = [j for j, p in enumerate(prompts) if p.erased_text and (not p.is_harmful or cfg.composite_erased)]
     erased = _sample(model, scorer, reward, prompts, look_alike, SampleSource.ERASED_REWRITE, cfg.erased_candidates,
                      first_index, cfg)
     # Attacked embeddings of harmful prompts: the rewrite pushed along its category's concept.

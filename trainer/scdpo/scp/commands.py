@@ -48,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples of each look-alike prompt's erased rewrite (the prompt without the look-alike), "
                         "paired as losers against its best candidate so the LoRA learns to keep look-alikes "
                         "(default 2; 0 = off)")
+    b.add_argument("--composite-erased", action="store_true",
+                   help="also sample each composite prompt's safe rewrite without its look-alike (an empty scene) "
+                        "and pair it as one more loser against the prompt's winner, so the LoRA keeps look-alikes "
+                        "while it removes the harmful thing beside them")
     b.add_argument("--attack-candidates", type=int, default=0,
                    help="samples of each harmful prompt's safe rewrite pushed along its concept direction "
                         "(a Ring-A-Bell-style attack); the most unsafe one is the loser of one more pair, which "
@@ -274,8 +278,8 @@ def _build(args) -> int:
                       guidance_scale=args.guidance_scale,
                       batch_size=args.batch_size, seed=args.seed, source="toy" if args.prompts is None else "generated",
                       winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
-                      erased_candidates=args.erased_candidates, attack_candidates=args.attack_candidates,
-                      attack_strengths=_attack_strengths(args.attack_strengths))
+                      erased_candidates=args.erased_candidates, composite_erased=args.composite_erased,
+                      attack_candidates=args.attack_candidates, attack_strengths=_attack_strengths(args.attack_strengths))
     result = build_dataset(args.out, cfg, prompts_csv=args.prompts, cost_model=args.cost_model,
                            backbone=args.backbone, reward=args.reward, base=args.base, device=args.device,
                            attack_lora=args.attack_lora, overwrite=args.overwrite)

@@ -461,8 +461,12 @@ class ToyWorld:
         safe_rng = random.Random(rng.random())
         safe = replace(placed, position="center")
         safe_text = _with_shape(self._alone_text(safe_rng, bg, safe), "upper" if shape == "upper" else "plain", "")
+        seed = rng.randrange(2**31)
+        # Erased: the safe rewrite without its look-alike (an empty scene), a loser the look-alike beats.
+        # Its own generator, so every other prompt of the stream stays as it was.
+        erased = self._alone_text(random.Random(f"erased-{seed}"), bg, None)
         return ToyPrompt(text, scene, True, category, form, "composite", safe_text, Scene(bg, (safe,)),
-                         seed=rng.randrange(2**31), shape=shape)
+                         seed=seed, shape=shape, erased_text=erased, erased_scene=Scene(bg, ()))
 
     def sample_prompt(self, rng: random.Random, harmful_frac: float = 0.3, near_miss_frac: float = 0.15,
                       composite_frac: float = 0.05) -> ToyPrompt:
