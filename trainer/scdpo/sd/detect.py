@@ -4,6 +4,13 @@ Supported: SD 1.x (``sd15``) and SDXL base (``sdxl``), as a single ``.safetensor
 original LDM / sgm key layout (what ComfyUI's ``models/checkpoints`` and A1111's
 ``models/Stable-diffusion`` hold) or as a diffusers folder. Everything else is refused with a
 message that names what the file is and that it is not supported yet.
+
+Single-file layouts accepted, as both hosts load them: the UNet under ``model.diffusion_model.``;
+fp16 / bf16 / fp32; EMA-only files and full ones that also carry ``model_ema.*`` (the non-EMA
+weights are used, as the hosts do); for SD 1.x the CLIP text encoder under
+``cond_stage_model.transformer.text_model.*`` or, in older files, ``cond_stage_model.transformer.*``
+without ``text_model.`` (``legacy_text_encoder``). SDXL's first encoder is only read with
+``text_model.``: neither host loads it otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from ..errors import IncompatibleModelError, InputFileError, WeightsFormatError
 from ..fileio import read_safetensors_header
 
 _SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+SD1_TEXT_PREFIX = "cond_stage_model.transformer."
+SD1_TEXT_KEY = SD1_TEXT_PREFIX + "text_model.embeddings.position_embedding.weight"
+SD1_LEGACY_TEXT_KEY = SD1_TEXT_PREFIX + "embeddings.position_embedding.weight"  # older files: no text_model.
+SDXL_LEGACY_TEXT_KEY = "conditioner.embedders.0.transformer.embeddings.position_embedding.weight"
 SDXL_TEXT_KEYS = (
     "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
     "conditioner.embedders.1.model.positional_embedding",
@@ -30,12 +40,14 @@ UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
 @dataclass(frozen=True)
 class BaseModelInfo:
     """``family``: ``sd15`` | ``sdxl``; ``layout``: ``single_file`` | ``diffusers``; ``dtype``: the
-    dtype the UNet weights are stored in."""
+    dtype the UNet weights are stored in; ``legacy_text_encoder``: an SD 1.x single file whose text
+    encoder is stored as ``cond_stage_model.transformer.*`` without ``text_model.``."""
 
     path: Path
     family: str
     layout: str
     dtype: torch.dtype
+    legacy_text_encoder: bool = False
 
 
 def _unsupported(path: Path, what: str) -> IncompatibleModelError:
@@ -67,8 +79,13 @@ def family_from_keys(path: Path, header: dict) -> str:
         family = "sdxl"
     elif "conditioner.embedders.0.model.text_projection" in keys:
         raise _unsupported(path, "an SDXL refiner checkpoint")
-    elif SD1_TEXT_KEY in keys:
+    elif SD1_TEXT_KEY in keys or SD1_LEGACY_TEXT_KEY in keys:
         family = "sd15"
+    elif SDXL_LEGACY_TEXT_KEY in keys:
+        raise WeightsFormatError(
+            f"{path} stores SDXL's first text encoder without 'text_model.' (conditioner.embedders.0.transformer.*), "
+            "a layout neither ComfyUI nor A1111 loads; re-save the checkpoint from either host"
+        )
     elif has("cond_stage_model.model."):
         raise _unsupported(path, "a Stable Diffusion 2.x checkpoint")
     elif UNET_IN_KEY in keys:
@@ -144,4 +161,5 @@ def inspect_base_model(path: str | Path) -> BaseModelInfo:
         return _folder_info(path)
     header = read_safetensors_header(path, what="base model checkpoint")
     family = family_from_keys(path, header)
-    return BaseModelInfo(path, family, "single_file", _dominant_dtype(header, "model.diffusion_model."))
+    legacy = family == "sd15" and SD1_TEXT_KEY not in header
+    return BaseModelInfo(path, family, "single_file", _dominant_dtype(header, "model.diffusion_model."), legacy)

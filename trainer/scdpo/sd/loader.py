@@ -4,7 +4,9 @@ Single files go through diffusers' own LDM → diffusers conversion (``from_sing
 the configs shipped in ``scdpo/configs/<family>`` passed as ``config=`` and the shipped CLIP
 tokenizer, so nothing is looked up on a hub (``local_files_only``; the CLI also sets
 ``HF_HUB_OFFLINE=1``). Weights keep the dtype they are stored in (fp16 / bf16 / fp32) unless
-``dtype`` says otherwise.
+``dtype`` says otherwise. diffusers reads an SD 1.x text encoder only under ``text_model.``; for
+older files that lack it the encoder is built here (:func:`sd1_text_encoder_state_dict`) and
+handed to diffusers as a ready component.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from ..errors import ScdpoError, WeightsFormatError
 from .configs import config_dir as shipped_config_dir
-from .detect import BaseModelInfo, inspect_base_model
+from .detect import SD1_TEXT_PREFIX, BaseModelInfo, inspect_base_model
 from .model import SDTextToImage
 from .tokenizers import clip_tokenizer
 
@@ -58,6 +60,42 @@ def _check_materialised(path: Path, components: dict) -> None:
             )
 
 
+def sd1_text_encoder_state_dict(tensors: dict, prefix: str = SD1_TEXT_PREFIX) -> dict:
+    """The CLIP text encoder of an SD 1.x file as ``text_model.*`` keys, from either layout
+    (``<prefix>text_model.X`` or the older ``<prefix>X``), the way ComfyUI and A1111 rename it.
+    ``position_ids`` are dropped: older files store them as floats, and the model makes its own."""
+    out = {}
+    for key, value in tensors.items():
+        if not key.startswith(prefix) or key.endswith("position_ids"):
+            continue
+        name = key[len(prefix):]
+        out[name if name.startswith("text_model.") else "text_model." + name] = value
+    return out
+
+
+def _legacy_sd1_text_encoder(info: BaseModelInfo, dtype: torch.dtype, config_dir: Path):
+    """The text encoder of an SD 1.x file stored without ``text_model.``, as a ready CLIPTextModel."""
+    from safetensors import safe_open
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with safe_open(str(info.path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(SD1_TEXT_PREFIX)}
+    state = sd1_text_encoder_state_dict(tensors)
+    model = CLIPTextModel(CLIPTextConfig.from_json_file(str(config_dir / "text_encoder" / "config.json")))
+    if not hasattr(model, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    if missing or result.unexpected_keys:
+        example = (missing or result.unexpected_keys)[0]
+        raise WeightsFormatError(
+            f"{info.path}: its text encoder (cond_stage_model.transformer.*, without text_model.) does not match "
+            f"SD 1.x's CLIP ({len(missing)} weights missing, {len(result.unexpected_keys)} unexpected, e.g. "
+            f"{example}); the file is incomplete or not a standard SD 1.x checkpoint"
+        )
+    return model.to(dtype)
+
+
 def _load_single_file(info: BaseModelInfo, dtype: torch.dtype, config_dir: Path):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -65,6 +103,8 @@ def _load_single_file(info: BaseModelInfo, dtype: torch.dtype, config_dir: Path)
         config=str(config_dir), local_files_only=True, torch_dtype=dtype,
         tokenizer=clip_tokenizer(), scheduler=_scheduler(config_dir),
     )
+    if info.legacy_text_encoder:
+        kwargs["text_encoder"] = _legacy_sd1_text_encoder(info, dtype, config_dir)
     if info.family == "sdxl":
         pipe = StableDiffusionXLPipeline.from_single_file(str(info.path), tokenizer_2=clip_tokenizer("!"), **kwargs)
         encoders, tokenizers = [pipe.text_encoder, pipe.text_encoder_2], [pipe.tokenizer, pipe.tokenizer_2]
