@@ -90,9 +90,29 @@ def own_loras(opts) -> dict:
     return loras.own_loras(option(opts, "scdpo_lora_dir"), EXTENSION_DIR)
 
 
+def loaded_base_version() -> Optional[str]:
+    """``ss_base_model_version`` of the webui's loaded model (``sd_v1`` | ``sdxl_base_v1-0`` | another
+    name for models no safety LoRA fits), None while none is loaded. Reads ``modules.sd_models``'
+    model slot directly: ``shared.sd_model`` would load a model when there is none."""
+    sd_models = sys.modules.get("modules.sd_models")
+    model = getattr(getattr(sd_models, "model_data", None), "sd_model", None)
+    if model is None:
+        return None
+    if getattr(model, "is_sdxl", False):
+        return "sdxl_base_v1-0"
+    if getattr(model, "is_sd1", False):
+        return "sd_v1"
+    return "sd_v2" if getattr(model, "is_sd2", False) else "another model family"
+
+
 def lora_choices() -> list[str]:
     opts = getattr(shared_module(), "opts", None)
-    return loras.lora_choices(lora_dir(), own_loras(opts))
+    return loras.lora_choices(lora_dir(), own_loras(opts), loaded_base_version())
+
+
+def lora_refusal(name: str, opts) -> Optional[str]:
+    """Why the safety LoRA ``name`` must not be applied to the loaded model, or None."""
+    return loras.refusal(name, lora_dir(), own_loras(opts), loaded_base_version())
 
 
 def set_active(request: Optional[SafetyRequest]) -> None:

@@ -56,8 +56,10 @@ def job_request(p, args) -> SafetyRequest:
     if not request.enabled:
         return request
     if request.lora:
-        problem = loras.make_available(request.lora, runtime.lora_dir(), runtime.own_loras(opts))
+        problem = (runtime.lora_refusal(request.lora, opts)
+                   or loras.make_available(request.lora, runtime.lora_dir(), runtime.own_loras(opts)))
         if problem:
+            print(f"[SC-DPO] {problem}; generating without a safety LoRA")
             request.notes.append(problem)
             request.lora = None
     if request.enforced and getattr(p, "disable_extra_networks", False):

@@ -129,15 +129,16 @@ def test_loras_from_the_project_folder_are_offered_and_copied_into_the_webui_lor
     own = tmp_path / "own"
     sd_lora_file(own / "scdpo_safety_sd15.safetensors")
     sd_lora_file(own / "toy_safety.safetensors", base_version="toy_v1")  # toy LoRAs fit no webui model
-    sd_lora_file(tmp_path / "Lora" / "someones_style.safetensors")
+    sd_lora_file(tmp_path / "Lora" / "someones_style.safetensors", scdpo=False)  # not a safety LoRA
+    sd_lora_file(tmp_path / "Lora" / "trained_here.safetensors")  # an SC-DPO LoRA the user put there
     args = {"sc-dpo safety": {"args": [True, "scdpo_safety_sd15", 1.0, 0.5, "black"]}}
     with webui(tmp_path / "Lora", settings=_settings(scdpo_lora_dir=str(own)),
                     model=replay_model(pair, previews=False)) as web:
         from scdpo_a1111 import runtime
 
-        assert runtime.lora_choices() == ["scdpo_safety_sd15", "someones_style"]
+        assert runtime.lora_choices() == ["scdpo_safety_sd15", "trained_here"]
         dropdown = web.runner.inputs[web.script.args_from + 1]
-        assert dropdown.kwargs["choices"] == ["None", "scdpo_safety_sd15", "someones_style"]
+        assert dropdown.kwargs["choices"] == ["None", "scdpo_safety_sd15", "trained_here"]
         web.txt2img(prompt="p", seed=1, alwayson_scripts=args)
         copy = tmp_path / "Lora" / "scdpo" / "scdpo_safety_sd15.safetensors"
         assert copy.read_bytes() == (own / "scdpo_safety_sd15.safetensors").read_bytes()
@@ -148,6 +149,43 @@ def test_loras_from_the_project_folder_are_offered_and_copied_into_the_webui_lor
         res = web.txt2img(prompt="p", seed=1, alwayson_scripts={"sc-dpo safety": {"args": [True, "gone", 1.0]}})
         assert web.lora.activations[-1] == ("base", 0, [])
         assert "LoRA gone not found" in res.infotexts[0] and "SC-DPO gate: blocked" in res.infotexts[0]
+
+
+def test_only_safety_loras_for_the_loaded_model_are_offered_and_anything_else_is_refused(webui, tmp_path, pair,
+                                                                                          capsys):
+    """The project's own weights/ folder holds the toy world's base model, encoder, cost model and LoRA:
+    none of them is a LoRA for a webui model. Picked through the API, each is refused in the infotext
+    and the console, nothing is copied into the Lora folder and no LoRA tag reaches the prompt."""
+    from fake_hosts import REPO
+
+    sd_lora_file(tmp_path / "Lora" / "xl_safety.safetensors", base_version="sdxl_base_v1-0")
+    sd_lora_file(tmp_path / "Lora" / "someones_style.safetensors", scdpo=False)
+    shipped = {p.stem for p in (REPO / "weights").glob("*.safetensors")}
+    assert {"toy_base", "toy_cost_model", "toy_encoder", "toy_safety_lora"} <= shipped
+    with webui(tmp_path / "Lora", settings=_settings(), model=replay_model(pair, previews=False)) as web:
+        from scdpo_a1111 import runtime
+
+        assert runtime.lora_choices() == []  # SD1 loaded: the SDXL LoRA does not fit, the rest are no safety LoRAs
+        web.sd_models.model_data.sd_model = web.sd_models.stand_in_model("sdxl")
+        assert runtime.lora_choices() == ["xl_safety"]
+        web.sd_models.model_data.sd_model = web.sd_models.stand_in_model("sd1")
+        capsys.readouterr()
+        for name, why in [("toy_base", "not a LoRA (its metadata says 'toy_base')"),
+                          ("toy_cost_model", "not a LoRA (its metadata says 'safety_cost_model')"),
+                          ("toy_encoder", "not a LoRA"), ("toy_safety_lora", "a LoRA for toy_v1"),
+                          ("xl_safety", "a LoRA for sdxl_base_v1-0, but the loaded model is sd_v1"),
+                          ("someones_style", "not an SC-DPO safety LoRA")]:
+            res = web.txt2img(prompt="p", seed=2, alwayson_scripts={"sc-dpo safety": {"args": [True, name, 1.0]}})
+            assert f"LoRA {name} refused" in res.infotexts[0] and why in res.infotexts[0], res.infotexts[0]
+            assert f"<lora:{name}" not in res.infotexts[0] and web.lora.activations[-1] == ("base", 0, [])
+            assert f"[SC-DPO] LoRA {name} refused" in capsys.readouterr().out
+        assert not (tmp_path / "Lora" / "scdpo").exists()
+    with webui(tmp_path / "Lora2", settings=_settings(), family=None) as web:  # no checkpoint loaded yet
+        from scdpo_a1111 import runtime
+
+        sd_lora_file(tmp_path / "Lora2" / "xl_safety.safetensors", base_version="sdxl_base_v1-0")
+        sd_lora_file(tmp_path / "Lora2" / "sd1_safety.safetensors")
+        assert runtime.lora_choices() == ["sd1_safety", "xl_safety"]
 
 
 def _b64(image) -> str:

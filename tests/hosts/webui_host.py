@@ -22,11 +22,13 @@ TITLE = "SC-DPO Safety"
 
 
 @contextlib.contextmanager
-def started(lora_dir: Path, script_files=(EXTENSION_SCRIPT,), settings: dict | None = None, model=None):
+def started(lora_dir: Path, script_files=(EXTENSION_SCRIPT,), settings: dict | None = None, model=None,
+            family: str | None = "sd1"):
     """Yield a namespace with the fake modules, ``runner`` (txt2img), ``lora`` (recording network),
     ``txt2img(**request)`` (the API path) and ``script`` (the extension's script instance).
+    ``family``: the loaded checkpoint's (sd1 | sd2 | sdxl), None for no checkpoint loaded yet.
     Only inside the fake webui (the ``webui`` fixture)."""
-    from modules import errors, extra_networks, images, processing, script_callbacks, scripts, shared
+    from modules import errors, extra_networks, images, processing, script_callbacks, scripts, sd_models, shared
     from modules.api import api
 
     errors.reported.clear()
@@ -36,6 +38,7 @@ def started(lora_dir: Path, script_files=(EXTENSION_SCRIPT,), settings: dict | N
     lora = RecordingLora(extra_networks)
     extra_networks.register_extra_network(lora)
     processing.model = model
+    sd_models.model_data.sd_model = sd_models.stand_in_model(family) if family else None
     try:
         scripts.load_scripts([str(f) for f in script_files])
         for key, value in (settings or {}).items():
@@ -44,6 +47,7 @@ def started(lora_dir: Path, script_files=(EXTENSION_SCRIPT,), settings: dict | N
         runner.initialize_scripts(False)
         web = SimpleNamespace(errors=errors, extra_networks=extra_networks, images=images, processing=processing,
                               script_callbacks=script_callbacks, scripts=scripts, shared=shared, api=api,
+                              sd_models=sd_models,
                               runner=runner, lora=lora, script=runner.script(TITLE))
         web.txt2img = lambda **request: api.text2imgapi(request, runner)
         yield web
@@ -87,8 +91,9 @@ def replay_model(images_by_seed: dict, previews: bool = True):
     return model
 
 
-def sd_lora_file(path: Path, base_version: str = "sd_v1") -> Path:
-    """A small kohya LoRA file (one SD1.5 attention module) for the webui's Lora folder."""
+def sd_lora_file(path: Path, base_version: str = "sd_v1", scdpo: bool = True) -> Path:
+    """A small kohya LoRA file (one SD1.5 attention module) for the webui's Lora folder; ``scdpo``:
+    with the training metadata `scdpo lora train` writes (else a LoRA from another trainer)."""
     import torch
 
     from scdpo.lora import save_lora
@@ -96,7 +101,8 @@ def sd_lora_file(path: Path, base_version: str = "sd_v1") -> Path:
     name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     tensors = {f"{name}.lora_down.weight": torch.zeros(4, 320), f"{name}.lora_up.weight": torch.zeros(320, 4)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    return save_lora(path, tensors, {"ss_base_model_version": base_version})
+    meta = {"ss_base_model_version": base_version, **({"scdpo_method": "sc-dpo"} if scdpo else {})}
+    return save_lora(path, tensors, meta)
 
 
 def gate_pair() -> dict:
