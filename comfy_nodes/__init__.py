@@ -2,7 +2,8 @@
 
 Nodes (all in the "SC-DPO safety" category): SC-DPO Safe UNet, SC-DPO Cost Model Loader,
 SC-DPO Safety Gate, SC-DPO Cost Score. Importing registers the ``safety_models`` model folder
-and nothing else: no model is loaded and nothing touches the network until a node runs.
+and logs one line if a package of ``requirements.txt`` is missing (:mod:`.dependencies`), and
+nothing else: no model is loaded and nothing touches the network until a node runs.
 
 Export: ``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS``, which every ComfyUI build
 reads (V3 node classes are registered through it as they are; on builds without the V3 schema
@@ -13,9 +14,16 @@ never calls the entrypoint, so a second export would only be dead code that coul
 
 from __future__ import annotations
 
+import logging
+import os
+
+from .dependencies import missing_message
 from .model_folders import register_safety_models_folder
 
 register_safety_models_folder()
+_missing = missing_message(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _missing:  # a clone without ComfyUI-Manager's requirements step: say so while ComfyUI starts
+    logging.warning(_missing)
 
 from .comfy_schema import HAS_V3_SCHEMA  # noqa: E402
 from .cost_model_loader import CostModelLoader  # noqa: E402

@@ -126,3 +126,39 @@ def test_older_comfyui_without_v3_schema_gets_classic_nodes():
     """)
     assert result.returncode == 0, result.stderr
     assert "blocked: SC-DPO Safety Gate blocked all 2 images: scoring failed (RuntimeError: backbone exploded)" in result.stdout
+
+
+def test_a_clone_without_its_requirements_says_what_is_missing_once_at_import():
+    """ComfyUI-Manager runs `pip install -r requirements.txt`; a plain `git clone` does not. The nodes still
+    register, and one console line at start-up names each missing package, what needs it and the command."""
+    result = _run_python(f"""
+        import importlib.abc, importlib.util, logging, sys
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        class NotInstalled(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("diffusers", "nudenet"):
+                    raise ModuleNotFoundError(f"No module named {{name!r}}")
+        sys.meta_path.insert(0, NotInstalled())
+        root = {str(REPO_ROOT)!r}
+        spec = importlib.util.spec_from_file_location(root.replace(".", "_x_"), root + "/__init__.py")
+        module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module; spec.loader.exec_module(module)
+        assert len(module.NODE_CLASS_MAPPINGS) >= 4
+    """)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "[SC-DPO]" in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("WARNING [SC-DPO] missing Python packages: diffusers (the Cost Model Loader), "
+                               "nudenet (the Cost Model Loader's NudeNet choice);")
+    assert lines[0].endswith(f"-m pip install -r {REPO_ROOT / 'requirements.txt'}")
+
+
+def test_the_import_check_covers_requirements_txt_and_is_silent_when_all_is_there(monkeypatch):
+    from comfy_host import pack_module
+
+    deps = pack_module("dependencies")
+    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    listed = {line.split(">")[0].split("=")[0].split("<")[0].strip().lower() for line in lines
+              if line.strip() and not line.startswith("#")}
+    assert {name for name, _ in deps.REQUIREMENTS.values()} == listed
+    monkeypatch.setattr(deps, "_findable", lambda module: True)
+    assert deps.missing_message(str(REPO_ROOT)) is None
