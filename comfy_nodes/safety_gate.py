@@ -8,6 +8,12 @@ and cancel, the ``stop`` action (``block_execution``) and the report text.
 
 ``threshold`` is a probability: an image is unsafe when ``sigmoid(cost - calibrated threshold)``
 exceeds it, so 0.5 is exactly the cost model's calibrated verdict and lower values are stricter.
+
+What the gate did is in its node output (:func:`gate_ui`), which ComfyUI keeps in ``/history``
+under ``outputs[<gate node id>]``: ``text`` (the report; ``blocked by SC-DPO gate: <why>`` first when
+it blocked) and ``scdpo_gate`` (one dict: ``blocked``, ``message``, ``images``, ``unsafe``,
+``action``, ``threshold``). A blocked prompt still ends as ``success`` in ComfyUI (a block is not an
+error there), so that entry is where scripts read that and why nothing was saved.
 """
 
 from __future__ import annotations
@@ -46,6 +52,13 @@ def scorer_with_progress(cost_model, n: int):
         bar.update_absolute(done, total)
 
     return lambda images: cost_model.score(images, progress=progress)
+
+
+def gate_ui(text: str, n: int, unsafe: int, action: str, threshold: float, blocked: str | None = None) -> dict:
+    """The gate's node output (shown on the node; kept by ComfyUI in ``/history``)."""
+    summary = {"blocked": blocked is not None, "message": blocked, "images": n, "unsafe": unsafe, "action": action,
+               "threshold": float(threshold)}
+    return {"text": [text], "scdpo_gate": [summary]}
 
 
 def verdict_lines(verdicts: list[gate.Verdict], action: str) -> list[str]:
@@ -104,24 +117,26 @@ class SafetyGate(io.ComfyNode):
         # a cancel is not a scoring failure: it propagates and ComfyUI stops the whole prompt
         verdicts = gate.judge(images, score, threshold, passthrough=_interrupt_exceptions())
         if verdicts and verdicts[0].failed:  # the core fails a whole batch at once
-            why = f"scoring failed ({verdicts[0].error_type}: {verdicts[0].reason})"
-            return cls._blocked(n, h, w, images, f"SC-DPO Safety Gate blocked all {n} images: {why}")
+            message = gate.blocked_message(f"all {n} images withheld, {verdicts[0].why()}")
+            return cls._blocked(n, h, w, images, message, message, n, action, threshold)
         unsafe = [v.unsafe for v in verdicts]
         lines = verdict_lines(verdicts, action)
         report = "\n".join(lines + [f"{sum(unsafe)} of {n} unsafe; action {action}; threshold p>{threshold:g}"])
         costs = [v.cost for v in verdicts]
         mask = torch.tensor(unsafe, dtype=torch.float32).view(n, 1, 1).expand(n, h, w).contiguous()
         if action == STOP and any(unsafe):
-            return cls._blocked(n, h, w, images, f"SC-DPO Safety Gate stopped the graph: {sum(unsafe)} of {n} images "
-                                                 f"unsafe\n{report}")
+            message = gate.blocked_message(f"{sum(unsafe)} of {n} images unsafe, action stop: nothing downstream runs")
+            return cls._blocked(n, h, w, images, message, f"{message}\n{report}", sum(unsafe), action, threshold)
         out = images if action in (gate.PASS, STOP) else gate.redact_batch(images, unsafe, action, replacement)
-        return io.NodeOutput(out, costs, unsafe, mask, report, ui=ui.PreviewText(report))
+        return io.NodeOutput(out, costs, unsafe, mask, report, ui=gate_ui(report, n, sum(unsafe), action, threshold))
 
     @staticmethod
-    def _blocked(n: int, h: int, w: int, images: torch.Tensor, message: str):
+    def _blocked(n: int, h: int, w: int, images: torch.Tensor, message: str, text: str, unsafe: int, action: str,
+                 threshold: float):
         """Every output blocked; the placeholders are safe too (black, flagged) should a host ignore the block."""
-        placeholders = (torch.zeros_like(images), [float("nan")] * n, [True] * n, torch.ones(n, h, w), message)
-        return io.NodeOutput(*placeholders, ui=ui.PreviewText(message), block_execution=message)
+        placeholders = (torch.zeros_like(images), [float("nan")] * n, [True] * n, torch.ones(n, h, w), text)
+        return io.NodeOutput(*placeholders, ui=gate_ui(text, n, unsafe, action, threshold, blocked=message),
+                             block_execution=message)
 
 
 class CostScore(io.ComfyNode):

@@ -3,7 +3,8 @@ settings section, the scoring API route and the trainer tab.
 
 * ``on_before_image_saved``: any image about to be written that the gate has not judged (saved
   "before highres fix", "before face restoration", grids, other extensions' saves) is gated with its
-  job's request — or, with enforce on, with the enforced one.
+  job's request — or, with enforce on, with the enforced one. A blocked image's file is then
+  withheld or saved redacted, per the settings (:mod:`.saves`; ``on_image_saved`` finishes it).
 * ``on_image_grid``: grid tiles not judged yet are gated before the grid is drawn.
 * live previews: every preview, in A1111 and Forge, goes through
   ``shared.state.assign_current_image``; that method is wrapped on the state object so that a
@@ -22,7 +23,7 @@ from typing import Optional
 
 from PIL import Image
 
-from . import gate, runtime
+from . import gate, runtime, saves
 from .options import DEFAULT_THRESHOLD, SafetyRequest, option, register_options
 
 API_ROUTE = "/scdpo/v1/score"
@@ -43,16 +44,19 @@ def _gate_or_black(image, request: SafetyRequest):
 
 
 def before_image_saved(params) -> None:
-    """``ImageSaveParams``: replace ``params.image`` by its gated version if it was not judged."""
-    if params.image is None or gate.verdict_of(params.image) is not None:
+    """``ImageSaveParams``: replace ``params.image`` by its gated version if it was not judged; the
+    file of a blocked image is withheld unless the settings say to save it redacted."""
+    if params.image is None:
         return
-    from .script import REQUEST_ATTR
+    if gate.verdict_of(params.image) is None:
+        from .script import REQUEST_ATTR
 
-    request = getattr(params.p, REQUEST_ATTR, None) if params.p is not None else None
-    if request is None or not request.enabled:
-        request = runtime.current_request(_opts())
-    if request is not None and request.enabled:
-        params.image = _gate_or_black(params.image, request)
+        request = getattr(params.p, REQUEST_ATTR, None) if params.p is not None else None
+        if request is None or not request.enabled:
+            request = runtime.current_request(_opts())
+        if request is not None and request.enabled:
+            params.image = _gate_or_black(params.image, request)
+    saves.withhold_if_blocked(params, _opts())
 
 
 def image_grid(params) -> None:
@@ -212,6 +216,7 @@ def register(script_callbacks, shared) -> None:
     register_options(shared, runtime.lora_choices)
     script_callbacks.on_ui_settings(lambda: register_options(shared, runtime.lora_choices))
     script_callbacks.on_before_image_saved(before_image_saved)
+    script_callbacks.on_image_saved(saves.image_saved)
     script_callbacks.on_image_grid(image_grid)
     script_callbacks.on_app_started(app_started)
     script_callbacks.on_ui_tabs(trainer_tab)

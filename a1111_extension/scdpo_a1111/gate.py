@@ -27,6 +27,8 @@ from PIL import Image
 ACTIONS = ("blur", "pixelate", "black", "pass")
 PASS = "pass"
 BLACK = "black"
+BLOCKED_BY = "blocked by SC-DPO gate"  # scdpo.gate.BLOCKED_BY, written out for the same reason
+_DONE = {"blur": "blurred", "pixelate": "pixelated", "black": "blacked out"}
 # Attribute set on every PIL image this gate has judged (the webui itself sets image.already_saved_as
 # the same way), so the save hooks do not score an image twice.
 VERDICT_ATTR = "scdpo_gate_verdict"
@@ -55,14 +57,15 @@ class GateVerdict:
     error: Optional[str] = None
 
     def describe(self) -> str:
-        """One infotext value, e.g. ``blocked (blur), cost 2.31 > 0.00, nudity``."""
+        """One infotext value (and console line), e.g. ``blocked by SC-DPO gate: unsafe, cost 2.31 >
+        0.00, nudity; image blurred`` or ``passed, cost -4.10 <= 0.00``."""
         if self.error:
-            return f"blocked ({self.action}), scoring failed: {self.error}"
+            return f"{BLOCKED_BY}: scoring failed ({self.error}); image {_DONE.get(self.action, self.action)}"
         detail = f"cost {self.cost:.2f} {'>' if self.unsafe else '<='} {self.limit:.2f}"
         if self.category:
             detail += f", {self.category}"
         if self.blocked:
-            return f"blocked ({self.action}), {detail}"
+            return f"{BLOCKED_BY}: unsafe, {detail}; image {_DONE.get(self.action, self.action)}"
         if self.unsafe:
             return f"UNSAFE, passed with warning, {detail}"
         return f"passed, {detail}"

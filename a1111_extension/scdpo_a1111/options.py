@@ -23,6 +23,8 @@ DEFAULT_THRESHOLD = 0.5  # probability unsafe; 0.5 = the cost model's calibrated
 DEFAULT_ACTION = "blur"
 ENFORCE_ENV = "SCDPO_ENFORCE"
 PREVIEW_MODES = ("gate", "hide")
+WITHHOLD, SAVE_REDACTED = "withhold", "save redacted"
+BLOCKED_FILE_MODES = (WITHHOLD, SAVE_REDACTED)
 
 # key -> (default, label, kind, choices); kind: text | bool | float | choice | lora
 OPTIONS: dict[str, tuple] = {
@@ -33,6 +35,8 @@ OPTIONS: dict[str, tuple] = {
                            "(empty = this project's weights/ folder)", "text", None),
     "scdpo_preview": ("gate", "Live previews while the gate is on: gate each preview, or hide them all",
                       "choice", PREVIEW_MODES),
+    "scdpo_blocked_files": (WITHHOLD, "Files of blocked images: withhold them (no file is written to the output "
+                                      "folders) or save the redacted image", "choice", BLOCKED_FILE_MODES),
     "scdpo_enforce": (False, "Enforce on every request (UI and API): apply the LoRA and the gate below "
                              "whatever the request says", "bool", None),
     "scdpo_enforce_lora": (NO_LORA, "Enforced safety LoRA", "lora", None),

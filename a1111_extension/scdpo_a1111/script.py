@@ -35,7 +35,7 @@ def _gate_infotext(p=None, index=0, use_main_prompt=False, **_):
         if not verdicts:
             return None
         blocked = sum(v.blocked for v in verdicts.values())
-        return f"{blocked} of {len(verdicts)} images blocked"
+        return f"{blocked} of {len(verdicts)} images {gate.BLOCKED_BY}"
     verdict = verdicts.get((getattr(p, "iteration", 0), index))
     return verdict.describe() if verdict else None
 
@@ -156,5 +156,7 @@ class ScdpoSafetyScript(scripts.Script):
             verdicts = {}
             setattr(p, VERDICTS_ATTR, verdicts)
         verdicts[(getattr(p, "iteration", 0), getattr(p, "batch_index", len(verdicts)))] = verdict
-        if verdict.unsafe and not verdict.blocked:
+        if verdict.blocked:
+            print(f"[SC-DPO] image {len(verdicts)} of the job: {verdict.describe()}")
+        elif verdict.unsafe:
             print(f"[SC-DPO] warning: unsafe image passed on request: {verdict.describe()}")

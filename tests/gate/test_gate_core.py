@@ -198,3 +198,23 @@ def test_redact_batch_changes_only_flagged_images_and_replace_fits_the_replaceme
     assert torch.allclose(replaced[1], torch.full_like(x[1], 0.75)) and torch.equal(replaced[2], x[2])
     with pytest.raises(ScdpoError, match="no replacement image"):
         gate.redact_batch(x, [True, False, False], "replace")
+
+
+def test_blocked_messages_and_preview_verdicts_say_why():
+    from scdpo import gate
+    from scdpo.cost.scorer import make_result
+
+    def score(costs):
+        return lambda images: make_result(torch.tensor(costs), ["nudity", "gore"], 0.0)
+
+    image = torch.rand(1, 8, 8, 3)
+    unsafe = gate.judge_preview(image, score([[2.5, -1.0]]), 0.5)
+    assert unsafe.unsafe and unsafe.why() == "unsafe (nudity): cost +2.50 > +0.00"
+    assert gate.judge_preview(image, score([[-2.0, -1.0]]), 0.5).why() == "safe: cost -1.00 <= +0.00"
+
+    def broken(images):
+        raise RuntimeError("CUDA out of memory")
+
+    failed = gate.judge_preview(image, broken, 0.5)
+    assert failed.failed and failed.unsafe  # a preview that could not be scored is not shown
+    assert gate.blocked_message(failed.why()) == "blocked by SC-DPO gate: scoring failed (RuntimeError: CUDA out of memory)"

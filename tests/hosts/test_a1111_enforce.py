@@ -54,7 +54,7 @@ def test_enforce_applies_lora_and_gate_to_a_request_that_disables_the_extension(
         assert _is_black(bad) and not _is_black(good)
         assert np.array_equal(np.asarray(good), np.asarray(two_images[2]))
         assert f"<lora:{LORA}:0.7>" in res.infotexts[0] and ":-1>" not in res.infotexts[0]
-        assert "enforced" in res.infotexts[0] and "SC-DPO gate: blocked (black)" in res.infotexts[0]
+        assert "enforced" in res.infotexts[0] and "image blacked out" in res.infotexts[0]
         assert "SC-DPO gate: passed" in res.infotexts[1]
         assert not web.errors.reported
 

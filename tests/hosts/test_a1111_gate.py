@@ -56,7 +56,9 @@ def test_every_hiding_action_removes_the_unsafe_motif(webui, tmp_path, batch, ac
         res = _run(web, bad, ON(action, threshold=0.01))  # strictest threshold: every image is hidden
     assert all(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(res.images, bad))
     assert sum(oracle_unsafe(res.images)) == 0
-    assert all(f"blocked ({action})" in t for t in res.infotexts)
+    done = {"blur": "blurred", "pixelate": "pixelated", "black": "blacked out"}[action]
+    assert all("blocked by SC-DPO gate: unsafe, cost" in t and f"; image {done}" in t
+               for t in res.infotexts), res.infotexts[0]
 
 
 @pytest.mark.parametrize("action", ["pass", "pass with warning"])  # the old name still works
@@ -91,7 +93,7 @@ def test_an_exception_while_scoring_blocks_every_image(webui, tmp_path, batch):
         scorer.score = broken
         res = _run(web, safe, ON("pass with warning"))  # even "pass" cannot let an unscored image through
         assert not web.errors.reported  # the gate handled it; nothing escaped to the webui
-    assert _all_hidden(res, safe, "scoring failed: CUDA error")
+    assert _all_hidden(res, safe, "blocked by SC-DPO gate: scoring failed (CUDA error")
     assert "8 of 8 images blocked" in res.comments
 
 

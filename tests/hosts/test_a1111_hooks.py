@@ -9,8 +9,11 @@ import os
 import sys
 import types
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 from toy_gate_model import oracle_unsafe, toy_cost_model
 from webui_host import EXTENSION_SCRIPT, ROOT_SCRIPT, gate_pair, replay_model, sd_lora_file
 
@@ -52,7 +55,8 @@ def test_live_previews_are_gated_before_anyone_can_see_them(webui, tmp_path, pai
 def test_images_saved_outside_the_normal_path_and_grids_are_gated(webui, tmp_path, pair):
     """"Before highres fix" intermediates, the final images and the saved grid are all judged."""
     outdir = tmp_path / "out"
-    with webui(tmp_path / "Lora", settings=_settings(), model=replay_model(pair, previews=False)) as web:
+    settings = _settings(scdpo_blocked_files="save redacted")
+    with webui(tmp_path / "Lora", settings=settings, model=replay_model(pair, previews=False)) as web:
         web.processing.save_images_before_highres_fix = True
         res = web.txt2img(prompt="p", seed=1, batch_size=2, enable_hr=True, save_images=True,
                           outpath_samples=str(outdir), outpath_grids=str(outdir / "grids"), alwayson_scripts=ON)
@@ -64,6 +68,36 @@ def test_images_saved_outside_the_normal_path_and_grids_are_gated(webui, tmp_pat
     grid = res.images[0]
     assert grid.size == (32, 16) and int(np.asarray(grid)[:, :16].max()) == 0  # the unsafe tile is black
     assert np.array_equal(np.asarray(grid)[:, 16:], np.asarray(pair[2]))
+
+
+@pytest.mark.parametrize("mode", ["withhold", "save redacted"])
+def test_a_blocked_image_s_file_is_withheld_by_default_or_saved_redacted(webui, tmp_path, pair, mode, capsys):
+    """Seed 1 is unsafe, seed 2 safe; each is saved "before highres fix" and as the final image, with
+    its infotext .txt. Withheld: no file of seed 1 anywhere in the output folder, no temporary left."""
+    import tempfile
+
+    outdir = tmp_path / "out"
+    settings = _settings() if mode == "withhold" else _settings(scdpo_blocked_files=mode)
+    temp_before = {p.name for p in Path(tempfile.gettempdir()).glob("scdpo_withheld_*")}
+    with webui(tmp_path / "Lora", settings=settings, model=replay_model(pair, previews=False)) as web:
+        web.processing.save_images_before_highres_fix = True
+        web.shared.opts.save_txt, web.shared.opts.grid_save = True, False
+        res = web.txt2img(prompt="p", seed=1, batch_size=2, enable_hr=True, save_images=True,
+                          outpath_samples=str(outdir), alwayson_scripts=ON)
+    files = sorted(p.name for p in outdir.iterdir())
+    seed1 = [f for f in files if "-1." in f or "-1-" in f]
+    assert len([f for f in files if f.endswith(".png") and "-2" in f]) == 2  # the safe image, twice
+    out = capsys.readouterr().out
+    if mode == "withhold":
+        assert seed1 == [] and len(files) == 3, files  # seed 2: 2 PNGs + the final image's .txt
+        assert out.count("blocked by SC-DPO gate: unsafe, cost") >= 2 and out.count("file withheld, not saved:") == 2
+        assert {p.name for p in Path(tempfile.gettempdir()).glob("scdpo_withheld_*")} == temp_before
+    else:
+        assert len([f for f in seed1 if f.endswith(".png")]) == 2 and len(files) == 6
+        assert all(int(np.asarray(Image.open(outdir / f)).max()) == 0 for f in seed1 if f.endswith(".png"))
+        assert "file withheld" not in out
+    assert "SC-DPO gate: 1 of 2 images blocked by SC-DPO gate" in res.infotexts[0]  # the grid's / main infotext
+    assert "blocked by SC-DPO gate: unsafe" in res.infotexts[1] and "SC-DPO gate: passed" in res.infotexts[2]
 
 
 def test_a_grid_of_unjudged_tiles_is_gated_under_enforce(webui, tmp_path, pair):

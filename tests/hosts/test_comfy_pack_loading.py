@@ -125,7 +125,8 @@ def test_older_comfyui_without_v3_schema_gets_classic_nodes():
             print("blocked:", exc)
     """)
     assert result.returncode == 0, result.stderr
-    assert "blocked: SC-DPO Safety Gate blocked all 2 images: scoring failed (RuntimeError: backbone exploded)" in result.stdout
+    assert ("blocked: blocked by SC-DPO gate: all 2 images withheld, scoring failed (RuntimeError: backbone exploded)"
+            in result.stdout)
 
 
 def test_a_clone_without_its_requirements_says_what_is_missing_once_at_import():

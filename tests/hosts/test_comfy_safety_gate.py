@@ -87,8 +87,12 @@ def test_pass_flags_without_changing_and_stop_blocks_everything(gate):
 
     stopped = run_node(gate, images=x, cost_model=cost_model(COSTS), threshold=0.5, action="stop")
     assert stopped.blocked, "with action stop and an unsafe image no output may reach a Save node"
-    assert "stopped the graph: 2 of 3 images unsafe" in stopped.block_message
+    assert stopped.block_message.startswith("blocked by SC-DPO gate: 2 of 3 images unsafe, action stop")
     assert "UNSAFE" in stopped.text
+    # the node output ComfyUI keeps in /history (the prompt itself still ends as "success")
+    assert stopped.ui["scdpo_gate"] == [{"blocked": True, "message": stopped.block_message, "images": 3, "unsafe": 2,
+                                         "action": "stop", "threshold": 0.5}]
+    assert passed.ui["scdpo_gate"][0]["blocked"] is False and passed.ui["scdpo_gate"][0]["unsafe"] == 2
 
     all_safe = run_node(gate, images=x, cost_model=cost_model([[-3, -3]] * 3), threshold=0.5, action="stop")
     assert not all_safe.blocked and torch.equal(all_safe.outputs[0], x)
@@ -106,8 +110,8 @@ def test_scoring_failure_blocks_the_whole_batch(gate, failure):
     for action in ("pass", "blur"):
         run = run_node(gate, images=x, cost_model=model, threshold=0.5, action=action)
         assert run.blocked
-        assert "blocked all 4 images: scoring failed" in run.block_message
-        assert "blocked all 4 images" in run.text
+        assert run.block_message.startswith("blocked by SC-DPO gate: all 4 images withheld, scoring failed")
+        assert run.text.startswith(run.block_message)
     if failure == "raises":
         assert "CUDA out of memory" in run.block_message
 

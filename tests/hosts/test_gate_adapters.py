@@ -83,6 +83,7 @@ def test_the_webuis_actions_are_the_cores_and_old_names_still_load(a1111_gate):
     from scdpo_a1111.options import resolve_request
 
     assert set(a1111_gate.ACTIONS) == set(core.ACTIONS) - {core.REPLACE}  # the webui has no replacement input
+    assert a1111_gate.BLOCKED_BY == core.BLOCKED_BY  # written out in the extension, which loads without scdpo
     assert pack_module("safety_gate").ACTIONS == [*core.ACTIONS[:4], "stop", "pass"]
     old = resolve_request([True, "None", 1.0, 0.5, "pass with warning"], None)  # saved settings, API requests
     assert old.action == "pass" and not old.notes

@@ -23,6 +23,13 @@ model's calibrated threshold), i.e. when its cost exceeds :func:`cost_limit` ``=
 * ``pass``: unchanged; the host flags the image (ComfyUI's outputs, A1111's infotext and warning).
 
 Old names still accepted (saved workflows, webui settings, API requests): :data:`ACTION_ALIASES`.
+
+**Messages.** Whatever is withheld (an image, a whole prompt's outputs, a live preview) is reported
+by both hosts as ``blocked by SC-DPO gate: <why>`` (:func:`blocked_message`, :meth:`Verdict.why`), in
+the place their users and scripts read: ComfyUI's ``/history`` outputs, A1111's infotext and console.
+
+**Previews.** :func:`judge_preview` decides one in-progress image the same way (fails closed); the
+host shows it only when it is ``safe``.
 The mean-colour blend is there because a skin-coloured silhouette at 8 cells was still read as
 nudity by a judge that knows several skin tones; with it a redacted image cannot be recognised.
 """
@@ -44,6 +51,7 @@ ACTIONS = (BLUR, PIXELATE, BLACK, REPLACE, PASS)
 ACTION_ALIASES = {"pass with warning": PASS}  # the A1111 extension's earlier name for "pass"
 
 SAFE, UNSAFE, FAILED = "safe", "unsafe", "failed"
+BLOCKED_BY = "blocked by SC-DPO gate"  # how both hosts begin the message of anything the gate withheld
 
 BLUR_CELLS = 3  # blur: at most this many soft cells survive across the long side
 BLUR_SIGMA_FRACTION = 8  # blur: Gaussian sigma = long side / 8
@@ -99,6 +107,19 @@ class Verdict:
     def failed(self) -> bool:
         return self.status == FAILED
 
+    def why(self) -> str:
+        """Why the image is (not) let through, e.g. ``unsafe (nudity): cost +2.31 > +0.00`` or
+        ``scoring failed (RuntimeError: CUDA out of memory)``."""
+        if self.failed:
+            return f"scoring failed ({self.error_type}: {self.reason})"
+        what = f"unsafe ({self.category})" if self.unsafe and self.category else self.status
+        return f"{what}: cost {self.cost:+.2f} {'>' if self.unsafe else '<='} {self.limit:+.2f}"
+
+
+def blocked_message(why: str) -> str:
+    """``blocked by SC-DPO gate: <why>``: the one wording both hosts report a block with."""
+    return f"{BLOCKED_BY}: {why}"
+
 
 def cost_limit(calibrated_threshold: float, threshold_probability: float) -> float:
     """The cost above which an image is unsafe: ``sigmoid(C - t) > p`` ⇔ ``C > t + logit(p)``
@@ -147,6 +168,14 @@ def judge(images, score: ScoreFn, threshold_probability: float,
         failed = Verdict(FAILED, reason=str(exc).strip() or type(exc).__name__, error_type=type(exc).__name__)
         return [failed] * len(images)
     return verdicts_of(result, threshold_probability)
+
+
+def judge_preview(image, score: ScoreFn, threshold_probability: float,
+                  passthrough: tuple[type[BaseException], ...] = ()) -> Verdict:
+    """The verdict on one in-progress image (a sampler's live preview, ``[1,H,W,C]`` or whatever
+    ``score`` takes): the host may show it only when the verdict is ``safe``; unsafe and failed
+    (scoring raised, or gave no finite cost) both hide it."""
+    return judge(image, score, threshold_probability, passthrough)[0]
 
 
 # -- redaction -----------------------------------------------------------------------------------
@@ -282,7 +311,8 @@ def redact_batch(images: torch.Tensor, hide: Sequence[bool], action: str,
 
 
 __all__ = [
-    "ACTIONS", "ACTION_ALIASES", "BLACK", "BLUR", "FAILED", "PASS", "PIXELATE", "REDACTIONS", "REPLACE", "SAFE",
-    "UNSAFE", "Verdict", "blocking_action", "black", "blur", "canonical_action", "checked_score", "cost_limit",
-    "judge", "pixelate", "redact", "redact_batch", "replacement_for", "verdicts_of",
+    "ACTIONS", "ACTION_ALIASES", "BLACK", "BLOCKED_BY", "BLUR", "FAILED", "PASS", "PIXELATE", "REDACTIONS", "REPLACE",
+    "SAFE", "UNSAFE", "Verdict", "blocked_message", "blocking_action", "black", "blur", "canonical_action",
+    "checked_score", "cost_limit", "judge", "judge_preview", "pixelate", "redact", "redact_batch", "replacement_for",
+    "verdicts_of",
 ]

@@ -1,5 +1,7 @@
-"""``modules.images``: ``save_image`` (runs ``on_before_image_saved``, then writes ``params.image``)
-and ``image_grid`` (runs ``on_image_grid`` on the tiles, then draws them)."""
+"""``modules.images``: ``save_image`` (runs ``on_before_image_saved``, writes ``params.image`` to
+``params.filename`` as the webui does, through a ``.tmp`` file replaced into place, with the
+infotext ``.txt`` beside it when ``save_txt`` is on, then runs ``on_image_saved``) and
+``image_grid`` (runs ``on_image_grid`` on the tiles, then draws them)."""
 
 import math
 import os
@@ -7,6 +9,7 @@ import os
 from PIL import Image
 
 from modules import script_callbacks
+from modules.shared import opts
 
 saved: list = []  # test aid: (path, the image that was written)
 
@@ -21,9 +24,18 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
         pnginfo[pnginfo_section_name] = info
     params = script_callbacks.ImageSaveParams(image, p, fullfn, pnginfo)
     script_callbacks.before_image_saved_callback(params)
-    params.image.save(params.filename)
+    stem, ext = os.path.splitext(params.filename)
+    params.image.save(stem + ".tmp", format="PNG")
+    os.replace(stem + ".tmp", params.filename)
+    params.image.already_saved_as = params.filename
+    txt = None
+    if opts.save_txt and pnginfo.get(pnginfo_section_name) is not None:
+        txt = stem + ".txt"
+        with open(txt, "w", encoding="utf8") as file:
+            file.write(f"{pnginfo[pnginfo_section_name]}\n")
     saved.append((params.filename, params.image))
-    return params.filename, None
+    script_callbacks.image_saved_callback(params)
+    return params.filename, txt
 
 
 def image_grid(imgs, batch_size=1, rows=None):

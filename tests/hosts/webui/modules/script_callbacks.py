@@ -75,6 +75,10 @@ def before_image_saved_callback(params):
     _run("callbacks_before_image_saved", params)
 
 
+def image_saved_callback(params):
+    _run("callbacks_image_saved", params)
+
+
 def image_grid_callback(params):
     _run("callbacks_image_grid", params)
 

@@ -70,6 +70,7 @@ options_templates = {
     "live_previews_enable": OptionInfo(True, "Show live previews"),
     "show_progress_every_n_steps": OptionInfo(1, "Live preview every N steps"),
     "enable_pnginfo": OptionInfo(True, "Write infotext to metadata"),
+    "save_txt": OptionInfo(False, "Create a text file with infotext next to every image"),
     "sd_lora": OptionInfo("None", "Add network to prompt"),
 }
 opts = Options(options_templates)
