@@ -1,7 +1,7 @@
 """SC-DPO Safe Diffusion nodes for ComfyUI.
 
 Nodes (all in the "SC-DPO safety" category): SC-DPO Safe UNet, SC-DPO Cost Model Loader,
-SC-DPO Safety Gate, SC-DPO Cost Score. Importing registers the ``safety_models`` model folder
+SC-DPO Safety Gate, SC-DPO Cost Score, SC-DPO Safe KSampler (live previews gated). Importing registers the ``safety_models`` model folder
 and logs one line if a package of ``requirements.txt`` is missing (:mod:`.dependencies`), and
 nothing else: no model is loaded and nothing touches the network until a node runs.
 
@@ -27,10 +27,11 @@ if _missing:  # a clone without ComfyUI-Manager's requirements step: say so whil
 
 from .comfy_schema import HAS_V3_SCHEMA  # noqa: E402
 from .cost_model_loader import CostModelLoader  # noqa: E402
+from .safe_sampler import SafeKSampler  # noqa: E402
 from .safe_unet import SafeUNet  # noqa: E402
 from .safety_gate import CostScore, SafetyGate  # noqa: E402
 
-NODES = [SafeUNet, CostModelLoader, SafetyGate, CostScore]
+NODES = [SafeUNet, CostModelLoader, SafetyGate, CostScore, SafeKSampler]
 # ids/names are class constants: building schemas here would list model folders at import time
 NODE_CLASS_MAPPINGS = {node.NODE_ID: node for node in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {node.NODE_ID: node.DISPLAY_NAME for node in NODES}

@@ -73,6 +73,8 @@ String = _io_kind("STRING")
 Image = _io_kind("IMAGE")
 Mask = _io_kind("MASK")
 Model = _io_kind("MODEL")
+Latent = _io_kind("LATENT")
+Conditioning = _io_kind("CONDITIONING")
 ClipVision = _io_kind("CLIP_VISION")
 Combo = type("Combo", (), {"io_type": "COMBO", "Input": _ComboInput})
 

@@ -3,7 +3,8 @@
 Each fake is a folder of small stand-ins for the host's own top-level modules, written from the
 host's interfaces (see the folder's README for the host commit and the files it fakes):
 
-* ``comfyui/``: ComfyUI a125cd84 (``folder_paths``, ``comfy``, ``comfy_api``, ``comfy_execution``);
+* ``comfyui/``: ComfyUI a125cd84 (``folder_paths``, ``latent_preview``, ``comfy``, ``comfy_api``,
+  ``comfy_execution``);
 * ``webui/``: AUTOMATIC1111 v1.10.1 (``modules``, ``gradio``).
 
 :func:`installed` puts the folder first on ``sys.path`` and, when the test is over, restores
@@ -37,8 +38,8 @@ class FakeHost:
 
 
 HOSTS = {
-    "comfyui": FakeHost(HOSTS_DIR / "comfyui", ("folder_paths", "comfy", "comfy_api", "comfy_execution",
-                                                 COMFY_PACK_MODULE)),
+    "comfyui": FakeHost(HOSTS_DIR / "comfyui", ("folder_paths", "latent_preview", "comfy", "comfy_api",
+                                                 "comfy_execution", COMFY_PACK_MODULE)),
     "webui": FakeHost(HOSTS_DIR / "webui", ("modules", "gradio", "scdpo_a1111")),
 }
 

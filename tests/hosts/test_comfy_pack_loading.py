@@ -11,10 +11,11 @@ from comfy_host import FAKE_COMFYUI, REPO_ROOT, load_pack
 pytestmark = pytest.mark.usefixtures("comfyui")  # every test runs inside the fake ComfyUI
 
 NODE_IDS = {"SCDPOSafeUNet": "SC-DPO Safe UNet", "SCDPOCostModelLoader": "SC-DPO Cost Model Loader",
-            "SCDPOSafetyGate": "SC-DPO Safety Gate", "SCDPOCostScore": "SC-DPO Cost Score"}
+            "SCDPOSafetyGate": "SC-DPO Safety Gate", "SCDPOCostScore": "SC-DPO Cost Score",
+            "SCDPOSafeKSampler": "SC-DPO Safe KSampler"}
 
 
-def test_registers_exactly_the_four_nodes_with_v3_schemas(comfy_models):
+def test_registers_exactly_the_five_nodes_with_v3_schemas(comfy_models):
     pack = load_pack(REPO_ROOT)
     assert pack.display_names == NODE_IDS
     assert set(pack.node_classes) == set(NODE_IDS)
@@ -36,6 +37,10 @@ def test_registers_exactly_the_four_nodes_with_v3_schemas(comfy_models):
     assert pack.node_classes["SCDPOCostModelLoader"].GET_NODE_INFO_V1()["output"] == ["SCDPO_COST_MODEL"]
     unet = pack.node_classes["SCDPOSafeUNet"].GET_NODE_INFO_V1()
     assert unet["input"]["required"]["model"][0] == "MODEL" and unet["output"] == ["MODEL"]
+    sampler = pack.node_classes["SCDPOSafeKSampler"].GET_NODE_INFO_V1()
+    assert sampler["output"] == ["LATENT"] and sampler["input"]["required"]["cost_model"][0] == "SCDPO_COST_MODEL"
+    assert list(sampler["input"]["required"])[:2] == ["model", "cost_model"]
+    assert sampler["input"]["required"]["seed"][1]["control_after_generate"] is True  # as KSampler's seed
 
 
 def test_safety_models_folder_is_registered_and_extra_paths_are_kept(tmp_path):
@@ -74,7 +79,7 @@ def test_import_is_cheap_and_offline():
         spec = importlib.util.spec_from_file_location(root.replace(".", "_x_"), root + "/__init__.py")
         module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module; spec.loader.exec_module(module)
         import comfy.model_management as mm
-        assert len(module.NODE_CLASS_MAPPINGS) == 4
+        assert len(module.NODE_CLASS_MAPPINGS) == 5
         assert mm.loaded_patchers == [], mm.loaded_patchers
         assert built == [], built
         heavy = [m for m in ("diffusers", "transformers", "peft", "nudenet", "onnxruntime") if m in sys.modules]
@@ -106,6 +111,8 @@ def test_older_comfyui_without_v3_schema_gets_classic_nodes():
         assert spec_in["required"]["action"][0] == ["blur", "pixelate", "black", "replace", "stop", "pass"]
         assert gate.RETURN_TYPES == ("IMAGE", "FLOAT", "BOOLEAN", "MASK", "STRING")
         assert gate.OUTPUT_IS_LIST == (False, True, True, False, False) and gate.CATEGORY == "SC-DPO safety"
+        sampler = module.NODE_CLASS_MAPPINGS["SCDPOSafeKSampler"]
+        assert sampler.RETURN_TYPES == ("LATENT",) and sampler.INPUT_TYPES()["required"]["positive"][0] == "CONDITIONING"
         from scdpo.cost.scorer import make_result
         class Scorer:
             categories, threshold = ["nudity"], 0.0

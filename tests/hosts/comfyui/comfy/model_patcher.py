@@ -19,11 +19,27 @@ class ModelPatcher:
         self.size = size
         self.patches: dict[str, list] = {}
         self.backup: dict[str, torch.Tensor] = {}
+        self.additional_models: dict[str, list] = {}
 
     def clone(self):
         n = self.__class__(self.model, self.load_device, self.offload_device, self.size)
         n.patches = {k: list(v) for k, v in self.patches.items()}
+        n.additional_models = {k: [m.clone() for m in v] for k, v in self.additional_models.items()}
         return n
+
+    def set_additional_models(self, key: str, models: list):
+        """Models ComfyUI loads together with this one when it samples (``prepare_sampling``)."""
+        self.additional_models[key] = models
+
+    def get_additional_models_with_key(self, key: str) -> list:
+        return self.additional_models.get(key, [])
+
+    def get_nested_additional_models(self) -> list:
+        out = []
+        for models in self.additional_models.values():
+            for m in models:
+                out += [m, *m.get_nested_additional_models()]
+        return out
 
     def is_clone(self, other) -> bool:
         return getattr(other, "model", None) is self.model
