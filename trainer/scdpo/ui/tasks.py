@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..errors import ScdpoError
+from ..limits import inside, json_object, read_json_file
 from .forms import CommandSpec, FormError, argv_for
 
 
@@ -63,8 +65,8 @@ TASKS: tuple[Task, ...] = (
          hidden=("prompt_file", "json", "quiet"), compare_lora=True,
          form_defaults=(("out", "out/compare"), ("prompt", "a red circle on a blue background"))),
     Task("demo", "Whole demo", ("demo",),
-         "The whole method on the toy world in one job: cost model, SCP pairs, SC-DPO LoRA, baselines, "
-         "ablations and the report. Finished stages are skipped when started again.",
+         "The whole method on the toy world in one job: cost model, SCP pairs, SC-DPO LoRA and its "
+         "adversarial-training variant, baselines and the report. Finished stages are skipped when started again.",
          primary=("out", "quick", "no_dfm", "no_safety_margin", "no_clean_pairs")),
     Task("toy_pretrain", "Toy base model", ("toy", "pretrain"),
          "Pretrain the toy world's text-to-image base model. Checkpoints atomically; starting the same job "
@@ -92,8 +94,31 @@ def shown_options(t: Task, spec: CommandSpec):
     return primary, more
 
 
-def job_commands(t: Task, spec: CommandSpec, values: Mapping[str, Any]) -> tuple[list[list[str]], Optional[str]]:
-    """``(commands, results folder)`` of a task run with form ``values`` ({dest: value})."""
+# Options whose value is a place a job writes: it must lie inside the UI's work folder.
+WRITE_OPTIONS = ("out", "cache_dir")
+NAME_OPTIONS = ("name",)  # a file name inside --out, never a path
+
+
+def check_write_locations(values: Mapping[str, Any], workdir: Optional[str | Path]) -> None:
+    """Refuse form values that would make a job write outside ``workdir`` (``None``: no check)."""
+    if workdir is None:
+        return
+    for dest in WRITE_OPTIONS:
+        value = str(values.get(dest) or "").strip()
+        if value and inside(value, workdir) is None:
+            raise FormError(f"--{dest.replace('_', '-')} {value} is outside the UI's work folder; jobs started "
+                            "here write only inside it: give a relative path such as out/run1")
+    for dest in NAME_OPTIONS:
+        value = str(values.get(dest) or "").strip()
+        if value and (Path(value).name != value or value in (".", "..")):
+            raise FormError(f"--{dest} {value} must be a plain file name (no folders); the folder is --out")
+
+
+def job_commands(t: Task, spec: CommandSpec, values: Mapping[str, Any],
+                 workdir: Optional[str | Path] = None) -> tuple[list[list[str]], Optional[str]]:
+    """``(commands, results folder)`` of a task run with form ``values`` ({dest: value}). With a
+    ``workdir``, every place the job would write must lie inside it (else :class:`FormError`)."""
+    check_write_locations(values, workdir)
     if not t.compare_lora:
         return [argv_for(spec, values)], results_dir(t, spec, values)
     lora = str(values.get("lora") or "").strip()
@@ -123,17 +148,26 @@ def results_dir(t: Task, spec: CommandSpec, values: Mapping[str, Any]) -> Option
 _SEED_IN_NAME = re.compile(r"seed(-?\d+)")
 
 
-def gallery_items(folder: str | Path, limit: int = 48) -> list[tuple[Path, str]]:
+def gallery_items(folder: str | Path, limit: int = 48, root: Optional[str | Path] = None) -> list[tuple[Path, str]]:
     """``[(image path, caption)]`` of a results folder, base and safe side by side:
 
     * ``scdpo eval`` / ``scdpo demo``: ``grid_base.png`` then each ``grid_<method>.png`` (rows =
       the same prompts and seeds; see report.html);
     * a base-vs-safe comparison: ``base/NNNNN_seedS.png`` next to ``safe/NNNNN_seedS.png``;
     * otherwise the folder's PNG files (``scdpo generate``).
+
+    With ``root``, a file that resolves outside it (a symlink) is left out.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    items = _gallery_items(folder)
+    if root is not None:
+        items = [(p, c) for p, c in items if inside(p, root) is not None]
+    return items[:limit]
+
+
+def _gallery_items(folder: Path) -> list[tuple[Path, str]]:
     items: list[tuple[Path, str]] = []
     grids = sorted(folder.glob("grid_*.png"))
     if grids:
@@ -154,18 +188,20 @@ def gallery_items(folder: str | Path, limit: int = 48) -> list[tuple[Path, str]]
                 items.append((safe[p.name], f"safe{tag}"))
     if not items:
         items = [(p, p.stem) for p in sorted(folder.glob("*.png"))]
-    return items[:limit]
+    return items
 
 
-def report_summary(folder: str | Path) -> str:
-    """The evaluation table of ``<folder>/report.json`` as text ('' when there is none)."""
+def report_summary(folder: str | Path, root: Optional[str | Path] = None) -> str:
+    """The evaluation table of ``<folder>/report.json`` as text ('' when there is none, or when it
+    resolves outside ``root``)."""
     path = Path(folder) / "report.json"
-    if not path.is_file():
+    if not path.is_file() or (root is not None and inside(path, root) is None):
         return ""
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return f"{path} cannot be read: {exc}"
+        report = json_object(read_json_file(path, "report", "run the evaluation again"), f"report {path}",
+                             "run the evaluation again")
+    except ScdpoError as exc:
+        return f"the report cannot be read: {exc}"
     try:
         from ..evaluation.commands import format_table
 
