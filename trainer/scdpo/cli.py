@@ -14,6 +14,7 @@ for one release: :data:`LEGACY_NAMES` rewrites them, with a note on stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import __version__
-from .errors import ScdpoError
+from .errors import ScdpoError, one_line
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ScdpoError as exc:
         if args.verbose:
+            print(f"error: {exc.detail}", file=sys.stderr)
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL or args.verbose:
+            raise
+        # a write outside the atomic helpers (a log, a progress file): still one line, not a traceback
+        print(f"error: {one_line(exc.strerror or exc)} ({exc.filename or 'output'}); free disk space or "
+              "choose another output location", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -18,7 +18,6 @@ embeddings differ (other weights, same architecture) is refused, not silently wr
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import IncompatibleModelError, InputFileError, WeightsFormatError
 from ..fileio import load_safetensors, read_safetensors_header
+from ..limits import check_ranges, json_object, parse_json, read_json_file
 
 ImageBatch = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -168,6 +168,10 @@ class ClipVisionEncoder(ImageEncoder):
 
 
 _LAYER_RE = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")
+# numbers a CLIP vision config may set (ViT-bigG, the largest public tower: 1664 wide, 48 layers)
+CLIP_VISION_RANGES = {"hidden_size": (8, 4096), "intermediate_size": (8, 16384), "num_hidden_layers": (1, 64),
+                      "num_attention_heads": (1, 64), "patch_size": (1, 64), "image_size": (8, 1024),
+                      "projection_dim": (1, 4096), "num_channels": (1, 4)}
 # hidden size → attention heads of the public CLIP vision towers (head count is not in the weights).
 _KNOWN_HEADS = {768: 12, 1024: 16, 1280: 16, 1664: 16}
 
@@ -224,12 +228,8 @@ def load_clip_vision(path: str | Path, device=None, dtype: Optional[torch.dtype]
             raise InputFileError(f"{what} folder {path} has no model.safetensors{hint}")
         cfg_file = path / "config.json"
         if cfg_file.is_file():
-            try:
-                config = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise InputFileError(f"{what} config {cfg_file} is not valid JSON; re-export the folder") from None
-            if not isinstance(config, dict):
-                raise InputFileError(f"{what} config {cfg_file} is not a JSON object; re-export the folder")
+            config = json_object(read_json_file(cfg_file, f"{what} config", "re-export the folder"),
+                                 f"{what} config {cfg_file}", "re-export the folder")
             config = config.get("vision_config", config)  # a full CLIPConfig nests the vision part
     elif path.is_file():
         weights = path
@@ -244,20 +244,36 @@ def load_clip_vision(path: str | Path, device=None, dtype: Optional[torch.dtype]
         )
     if config is None and "config" in meta:
         try:
-            config = json.loads(meta["config"])
-        except json.JSONDecodeError:
+            config = parse_json(meta["config"], f"{what} {weights}: metadata config", "", WeightsFormatError)
+        except WeightsFormatError:
             config = None
+    fix = "pass an unmodified CLIP vision checkpoint"
     try:
         if not isinstance(config, dict):
             config = infer_clip_vision_config(tensors)
         allowed = set(CLIPVisionConfig().to_dict())
-        cfg = CLIPVisionConfig(**{k: v for k, v in config.items() if k in allowed})
+        config = {k: v for k, v in config.items() if k in allowed}
+        check_ranges(config, CLIP_VISION_RANGES, f"{what} {weights}", fix, WeightsFormatError)
+        cfg = CLIPVisionConfig(**config)
         with_projection = "visual_projection.weight" in tensors
-        model = (CLIPVisionModelWithProjection if with_projection else CLIPVisionModel)(cfg)
+        model_class = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
+        with torch.device("meta"):  # the architecture alone: compared with the file before it is allocated
+            shapes = {k: tuple(v.shape) for k, v in model_class(cfg).state_dict().items()}
+        misfit = [k for k, v in tensors.items() if k in shapes and tuple(v.shape) != shapes[k]]
+        if misfit:
+            raise WeightsFormatError(f"tensor {misfit[0]} is {tuple(tensors[misfit[0]].shape)}, the config implies "
+                                     f"{shapes[misfit[0]]}")
+        missing = [k for k in shapes if k not in tensors and not k.endswith("position_ids")]
+        if missing:
+            raise WeightsFormatError(f"{what} {weights} lacks {len(missing)} tensor(s) (e.g. {missing[0]}); "
+                                     "the file is incomplete or not CLIP vision")
+        model = model_class(cfg)
         result = model.load_state_dict(tensors, strict=False)
-    except (WeightsFormatError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+    except (WeightsFormatError, RuntimeError, ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as exc:
+        if isinstance(exc, WeightsFormatError) and str(weights) in str(exc):
+            raise
         raise WeightsFormatError(f"{what} {weights} does not match a CLIP vision architecture ({exc}); "
-                                 "pass an unmodified CLIP vision checkpoint") from None
+                                 f"{fix}") from None
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     if missing:
         raise WeightsFormatError(f"{what} {weights} lacks {len(missing)} tensor(s) (e.g. {missing[0]}); "

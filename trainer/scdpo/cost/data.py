@@ -28,8 +28,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DatasetError, InputFileError
+from ..limits import read_parquet_rows
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # the formats scdpo.images decodes
 SAFE_LABELS = ("", "safe", "none", "clean", "0")
 ImageItem = Union[np.ndarray, Path, bytes]
 
@@ -91,20 +92,13 @@ class CostExamples:
 
 
 def decode_image(item: ImageItem, name: str = "image") -> torch.Tensor:
-    """An item → ``[H,W,3]`` float 0..1. Unreadable files raise :class:`DatasetError` naming them."""
-    from PIL import Image, UnidentifiedImageError
+    """An item → ``[H,W,3]`` float 0..1. Files and bytes must be PNG, JPEG or WebP within
+    :data:`~scdpo.limits.MAX_IMAGE_PIXELS`; anything else raises :class:`DatasetError` naming them."""
+    from ..images import decode_rgb_array
 
     if isinstance(item, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(item[..., :3])).float() / 255.0
-    try:
-        src = io.BytesIO(item) if isinstance(item, (bytes, bytearray)) else item
-        with Image.open(src) as im:
-            im.load()
-            arr = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DatasetError(f"{name}: image file is missing; remove it from the list or restore it") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"{name}: image cannot be decoded ({exc}); replace or remove it") from None
+    arr = decode_rgb_array(item, name)
     return torch.from_numpy(arr.copy()).float() / 255.0
 
 
@@ -251,10 +245,10 @@ def _read_manifest_rows(path: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError, ValueError) as exc:
+            names = pq.read_schema(path).names
+            return read_parquet_rows(path, names, "manifest", "rebuild it", InputFileError)
+        except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
             raise InputFileError(f"manifest {path} is not a readable parquet file ({str(exc)[:160]})") from None
-        return table.to_pylist()
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import IncompatibleModelError, WeightsFormatError
 from ..fileio import decode_metadata, load_safetensors, save_safetensors_atomic
+from ..limits import COST_RANGES, MAX_NAME_CHARS, check_ranges, finite_number, is_number
 from .backbones import ImageBatch, ImageEncoder, check_probe, probe_embeddings
 
 COST_MODEL_KIND = "safety_cost_model"
@@ -124,17 +125,38 @@ def read_cost_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
                                  f"{FORMAT_VERSION}: upgrade scdpo")
     cats = meta.get("categories")
     ok = (
-        isinstance(cats, list) and cats and all(isinstance(c, str) for c in cats)
+        isinstance(cats, list) and cats and all(isinstance(c, str) and 0 < len(c) <= MAX_NAME_CHARS for c in cats)
         and isinstance(meta.get("embed_dim"), int) and meta["embed_dim"] > 0
         and isinstance(meta.get("feature_dim"), int) and meta["feature_dim"] > 0
-        and isinstance(meta.get("threshold"), (int, float)) and meta["threshold"] == meta["threshold"]
+        and is_number(meta.get("threshold"))
         and isinstance(meta.get("backbone_id"), str)
         and isinstance(tensors.get("backbone.probe"), torch.Tensor)
     )
     if not ok:
         raise WeightsFormatError(f"cost model {path} has missing or malformed metadata (categories, embed_dim, "
                                  "feature_dim, threshold, backbone_id or probe); re-train or re-download it")
+    fix = "re-train or re-download it"
+    # a threshold of inf would let every image pass the gate: only finite values are read
+    finite_number(meta["threshold"], f"cost model {path}: threshold", fix, WeightsFormatError)
+    check_ranges({**meta, "categories": len(cats)}, COST_RANGES, f"cost model {path}", fix, WeightsFormatError)
+    _check_head_shapes(tensors, meta, path)
     return tensors, meta
+
+
+def _check_head_shapes(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path) -> None:
+    """The adapter and head tensors have exactly the shapes the metadata implies (before anything is built)."""
+    d, f, k = meta["embed_dim"], meta["feature_dim"], len(meta["categories"])
+    expected = {"adapter.net.0.weight": (d,), "adapter.net.0.bias": (d,), "adapter.net.1.weight": (f, d),
+                "adapter.net.1.bias": (f,), "adapter.net.3.weight": (f, f), "adapter.net.3.bias": (f,),
+                "head.weight": (k, f), "head.bias": (k,), "backbone.probe": (4, d)}
+    for key, shape in expected.items():
+        got = tensors.get(key)
+        if got is None or tuple(got.shape) != shape or not got.is_floating_point():
+            what = "missing" if got is None else f"{tuple(got.shape)} {str(got.dtype).replace('torch.', '')}"
+            raise WeightsFormatError(f"cost model {path} has damaged head tensors ({key}: {what}, expected float "
+                                     f"{shape} for {k} categories, embed_dim {d}, feature_dim {f}); re-train it")
+        if not torch.isfinite(got).all():
+            raise WeightsFormatError(f"cost model {path} contains NaN/inf weights ({key}); re-train it")
 
 
 def load_safety_cost_model(path: str | Path, backbone=None, device=None,

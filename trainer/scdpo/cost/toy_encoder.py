@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..errors import WeightsFormatError
 from ..fileio import decode_metadata, load_safetensors, save_safetensors_atomic
+from ..limits import TOY_ENCODER_RANGES, int_in_range
 from ..toy.world import IMAGE_SIZE, ToyWorld, render
 from .backbones import ImageBatch, ImageEncoder, resize_square
 
@@ -171,12 +172,35 @@ def save_toy_encoder(path: str | Path, encoder: ToyImageEncoder, decoder: Option
 
 
 def toy_encoder_from_tensors(tensors: dict[str, torch.Tensor], config: dict, what: str) -> ToyImageEncoder:
+    """The encoder a file's ``encoder.*`` tensors and config describe. The config's numbers are range
+    checked and the architecture is compared with the tensors' shapes before any weight is allocated."""
+    fix = "re-create it"
+    sd = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     try:
-        enc = ToyImageEncoder(int(config["embed_dim"]), tuple(int(w) for w in config["widths"]))
-        sd = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
-        enc.load_state_dict(sd)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise WeightsFormatError(f"{what} holds a damaged toy encoder ({str(exc)[:200]}); re-create it") from None
+        embed_dim, widths = config["embed_dim"], config["widths"]
+        if not isinstance(widths, list):
+            raise TypeError("widths is not a list")
+    except (KeyError, TypeError) as exc:
+        raise WeightsFormatError(f"{what} holds a damaged toy encoder config ({exc}); {fix}") from None
+    low, high = TOY_ENCODER_RANGES["layers"]
+    int_in_range(len(widths), f"{what}: toy encoder layer count", low, high, fix, WeightsFormatError)
+    int_in_range(embed_dim, f"{what}: toy encoder embed_dim", *TOY_ENCODER_RANGES["embed_dim"], fix,
+                 WeightsFormatError)
+    for w in widths:
+        int_in_range(w, f"{what}: toy encoder width", *TOY_ENCODER_RANGES["widths"], fix, WeightsFormatError)
+        if w % 8:
+            raise WeightsFormatError(f"{what}: toy encoder width {w} is not a multiple of 8 (GroupNorm); {fix}")
+    with torch.device("meta"):  # the architecture alone, to compare with the file before allocating it
+        expected = {k: tuple(v.shape) for k, v in ToyImageEncoder(embed_dim, tuple(widths)).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    if got != expected:
+        diff = sorted(set(got.items()) ^ set(expected.items()))
+        raise WeightsFormatError(f"{what} holds a damaged toy encoder (tensor {diff[0][0]} does not fit its config); "
+                                 f"{fix}")
+    if not all(v.is_floating_point() and torch.isfinite(v).all() for v in sd.values()):
+        raise WeightsFormatError(f"{what} holds a toy encoder with NaN/inf or non-float weights; {fix}")
+    enc = ToyImageEncoder(embed_dim, tuple(widths))
+    enc.load_state_dict(sd)
     return enc.eval().requires_grad_(False)
 
 

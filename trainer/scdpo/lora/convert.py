@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..errors import IncompatibleModelError, WeightsFormatError
+from ..limits import finite_number, json_object, parse_json, read_json_file
 from .naming import kohya_module_table
 
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
@@ -39,33 +40,69 @@ def read_peft_adapter_config(path: Path, metadata: Mapping[str, str]) -> Optiona
     """The LoraConfig dict of a peft / diffusers layout file (metadata, else ``adapter_config.json``)."""
     raw = metadata.get(DIFFUSERS_METADATA_KEY)
     if raw:
-        try:
-            cfg = json.loads(raw)
-        except json.JSONDecodeError:
-            raise WeightsFormatError(f"{path} has corrupt {DIFFUSERS_METADATA_KEY} metadata; re-export it") from None
+        cfg = parse_json(raw, f"{path}: metadata {DIFFUSERS_METADATA_KEY}", "re-export the LoRA", WeightsFormatError)
+        cfg = json_object(cfg, f"{path}: metadata {DIFFUSERS_METADATA_KEY}", "re-export the LoRA", WeightsFormatError)
         if any(k.startswith("unet.") for k in cfg):
             cfg = {k[5:]: v for k, v in cfg.items() if k.startswith("unet.")}
         return cfg
     beside = path.parent / "adapter_config.json"
     if beside.is_file():
-        try:
-            return json.loads(beside.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise WeightsFormatError(f"{beside} is not valid JSON; fix or remove it") from None
+        fix = "fix or remove it"
+        cfg = read_json_file(beside, "peft adapter config", fix, WeightsFormatError)
+        return json_object(cfg, f"peft adapter config {beside}", fix, WeightsFormatError)
     return None
 
 
-def _pattern_value(patterns: Mapping[str, Any], module_path: str, default: Any) -> Any:
-    # peft.utils.other.get_pattern_key semantics: the pattern matches the end of the path
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module_path):
+def _literal_module_pattern(key: str, where: str) -> str:
+    """A peft ``alpha_pattern`` key as the literal module path it names.
+
+    peft runs these keys as regular expressions; we never do (a pattern such as ``(a+)+c`` would
+    take forever). Keys are module paths, written plainly or with punctuation escaped as
+    ``re.escape`` does (what :func:`lora_config_for` writes); a key that needs any other regex
+    feature is refused rather than guessed at.
+    """
+    if not isinstance(key, str) or not key or len(key) > 500:
+        raise WeightsFormatError(f"{where}: alpha_pattern key {key!r} is not a module path; re-export the LoRA")
+    literal = _ESCAPED.sub(r"\1", key)
+    if not _MODULE_PATH.fullmatch(literal):
+        raise WeightsFormatError(
+            f"{where}: alpha_pattern key {key[:60]!r} is a regular expression; only module paths are read "
+            "(e.g. down_blocks.0.attentions.0.proj_in); re-export the LoRA with plain module paths")
+    return literal
+
+
+_ESCAPED = re.compile(r"\\([^A-Za-z0-9])")  # re.escape's "\." -> "."
+_MODULE_PATH = re.compile(r"[A-Za-z0-9_.]+")
+
+
+def _alpha_patterns(config: Mapping[str, Any], where: str) -> list[tuple[str, float]]:
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise WeightsFormatError(f"{where}: alpha_pattern is a {type(patterns).__name__}, not an object of "
+                                 "module path -> alpha; re-export the LoRA")
+    fix = "re-export the LoRA"
+    return [(_literal_module_pattern(k, where), finite_number(v, f"{where}: alpha_pattern[{k[:60]!r}]", fix,
+                                                                WeightsFormatError))
+            for k, v in patterns.items()]
+
+
+def _pattern_value(patterns: list[tuple[str, float]], module_path: str, default: float) -> float:
+    # peft.utils.other.get_pattern_key semantics, literally: the key names the end of the path
+    for literal, value in patterns:
+        if module_path == literal or module_path.endswith("." + literal):
             return value
     return default
 
 
-def peft_layout_to_kohya(tensors: Mapping[str, torch.Tensor], config: Optional[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+def peft_layout_to_kohya(tensors: Mapping[str, torch.Tensor], config: Optional[Mapping[str, Any]],
+                         where: str = "LoRA file") -> dict[str, torch.Tensor]:
     """peft / diffusers layout tensors → kohya tensors. Without a config, alpha = rank (scale 1),
-    which is what diffusers assumes for such files."""
+    which is what diffusers assumes for such files. ``where`` names the file in errors."""
+    fix = "re-export the LoRA"
+    patterns = _alpha_patterns(config, where) if config else []
+    default_alpha = None
+    if config and config.get("lora_alpha") is not None:
+        default_alpha = finite_number(config["lora_alpha"], f"{where}: lora_alpha", fix, WeightsFormatError)
     out: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         m = _PEFT_KEY.match(key)
@@ -80,9 +117,12 @@ def peft_layout_to_kohya(tensors: Mapping[str, torch.Tensor], config: Optional[M
         name = kohya_prefix + module.replace(".", "_")
         out[f"{name}.{'lora_down' if m['ab'] == 'A' else 'lora_up'}.weight"] = value
         if m["ab"] == "A":
+            if value.ndim not in (2, 4) or value.shape[0] < 1:
+                raise WeightsFormatError(f"{where} is corrupt: {key} has shape {tuple(value.shape)}; lora_A must be "
+                                         f"[rank >= 1, in] or [rank, in, kh, kw]; {fix}")
             rank = value.shape[0]
             if config:
-                alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank)))
+                alpha = _pattern_value(patterns, module, float(rank) if default_alpha is None else default_alpha)
                 if config.get("use_rslora"):
                     alpha = alpha * rank ** 0.5  # hosts scale by alpha / r; rsLoRA scales by alpha / sqrt(r)
             else:

@@ -139,7 +139,7 @@ def load_lora(path: str | Path) -> LoraFile:
         from .convert import peft_layout_to_kohya, read_peft_adapter_config
 
         config = read_peft_adapter_config(path, metadata)
-        lora = LoraFile(peft_layout_to_kohya(tensors, config), metadata, path, layout)
+        lora = LoraFile(peft_layout_to_kohya(tensors, config, str(path)), metadata, path, layout)
     elif layout == "checkpoint":
         raise WeightsFormatError(
             f"{path} is a full model checkpoint, not a LoRA; pass it as the base model (--base) instead"
@@ -186,6 +186,9 @@ def _validate_kohya(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
         if {"lora_down.weight", "lora_up.weight"} - have:
             raise WeightsFormatError(f"{path} is incomplete: module {name} lacks {sorted({'lora_down.weight', 'lora_up.weight'} - have)}; {fix}")
         down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+        if down.ndim in (2, 4) and down.shape[0] == 0:
+            raise WeightsFormatError(f"{path} is corrupt: module {name} has rank 0 (lora_down {tuple(down.shape)}); "
+                                     f"{fix}")
         if down.ndim not in (2, 4) or up.ndim != down.ndim or up.shape[1] != down.shape[0]:
             raise WeightsFormatError(
                 f"{path} is corrupt: module {name} has lora_down {tuple(down.shape)} and lora_up "

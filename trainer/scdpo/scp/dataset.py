@@ -5,7 +5,9 @@ when the dataset is opened: a missing or undecodable image, a winner/loser of di
 not ``expected_size``, a NaN/inf cost or reward, or a missing/invalid field raises one
 :class:`~scdpo.errors.DatasetError` naming the row (``pair_id`` and row number) — or, with
 ``skip_bad=True``, the row is skipped and counted in ``ScpDataset.skipped`` (reasons in
-``ScpDataset.skip_reasons``).
+``ScpDataset.skip_reasons``). Images are PNG, JPEG or WebP within the pixel limits of
+:mod:`scdpo.limits` (per image and per row, checked from their headers before decoding); they are
+decoded to validate them and again when an item is read, never all held decoded.
 
 Item ``i`` is a dict: ``prompt`` str, ``winner`` / ``loser`` ``[H,W,3]`` float32 0..1 tensors,
 ``winner_cost``, ``loser_cost``, ``winner_reward``, ``loser_reward`` floats, ``is_harmful`` bool,
@@ -16,7 +18,6 @@ instruction's safe rewrite; None when unknown or for a harmless pair), ``concept
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Optional, Union
@@ -25,6 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError, InputFileError
+from ..images import decode_rgb_array, image_size
+from ..limits import MAX_IMAGE_PIXELS, MAX_ROW_PIXELS, read_json_file, read_parquet_rows
 from .schema import COLUMNS, KINDS, OPTIONAL_COLUMNS, PAIRS_FILE, REQUIRED_COLUMNS, WINNER_SOURCES
 
 Size = Union[int, tuple[int, int], None]
@@ -32,21 +35,40 @@ _BINARY = ("winner_png", "loser_png")
 _FLOATS = ("winner_cost", "loser_cost", "winner_reward", "loser_reward")
 
 
-def _decode_png(data, what: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+def _decode_png(data, what: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """PNG (or JPEG/WebP) bytes → ``uint8 [H,W,3]``; ValueError naming ``what`` for anything else."""
     if data is None or len(data) == 0:
         raise ValueError(f"{what} is missing")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{what} cannot be decoded ({str(exc)[:120]})") from None
+        return decode_rgb_array(data, what, max_pixels)
+    except DatasetError as exc:
+        raise ValueError(str(exc)) from None
 
 
-def _check_row(row: dict, expected: Optional[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one row; returns the decoded (winner, loser). Raises ValueError with the reason."""
+def _image_sizes(row: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(width, height) of the winner and loser from their headers; checked against the pixel limits
+    before either is decoded."""
+    sizes = []
+    for key, what in (("winner_png", "winner image"), ("loser_png", "loser image")):
+        data = row.get(key)
+        if data is None or len(data) == 0:
+            raise ValueError(f"{what} is missing")
+        try:
+            w, h = image_size(data, what)
+        except DatasetError as exc:
+            raise ValueError(str(exc)) from None
+        if w * h > MAX_IMAGE_PIXELS:
+            raise ValueError(f"{what} is {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS / 1e6:.1f} megapixels "
+                             "allowed per image; downscale it")
+        sizes.append((w, h))
+    if sum(w * h for w, h in sizes) > MAX_ROW_PIXELS:
+        raise ValueError(f"winner and loser hold {sum(w * h for w, h in sizes) / 1e6:.1f} megapixels together, more "
+                         f"than the {MAX_ROW_PIXELS / 1e6:.1f} allowed per row; downscale them")
+    return sizes[0], sizes[1]
+
+
+def _check_row(row: dict, expected: Optional[tuple[int, int]]) -> None:
+    """Validate one row, its images decoded once and released. Raises ValueError with the reason."""
     for key in ("pair_id", "prompt"):
         if not isinstance(row.get(key), str) or not row[key]:
             raise ValueError(f"{key} is missing or empty")
@@ -73,43 +95,44 @@ def _check_row(row: dict, expected: Optional[tuple[int, int]]) -> tuple[np.ndarr
         v = row.get(key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise ValueError(f"{key} is {v!r} (NaN, inf or missing)")
-    winner = _decode_png(row.get("winner_png"), "winner image")
-    loser = _decode_png(row.get("loser_png"), "loser image")
-    if winner.shape != loser.shape:
-        raise ValueError(f"winner is {winner.shape[1]}x{winner.shape[0]} but loser is "
-                         f"{loser.shape[1]}x{loser.shape[0]}")
-    if expected is not None and winner.shape[:2] != expected:
-        raise ValueError(f"images are {winner.shape[1]}x{winner.shape[0]}, expected {expected[1]}x{expected[0]}")
-    return winner, loser
+    (ww, wh), (lw, lh) = _image_sizes(row)
+    if (ww, wh) != (lw, lh):
+        raise ValueError(f"winner is {ww}x{wh} but loser is {lw}x{lh}")
+    if expected is not None and (wh, ww) != tuple(expected):
+        raise ValueError(f"images are {ww}x{wh}, expected {expected[1]}x{expected[0]}")
+    for key, what in (("winner_png", "winner image"), ("loser_png", "loser image")):
+        if _decode_png(row[key], what).shape[:2] != (wh, ww):  # decodes fully: truncated data shows here
+            raise ValueError(f"{what} decodes to another size than its header says")
 
 
-def _read_table(path: Path):
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of ``pairs.parquet``, its columns checked first and its decoded size bounded
+    (:func:`~scdpo.limits.read_parquet_rows`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    fix = "rebuild it with `scdpo data build` or re-import it"
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
+        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+        if missing:
+            raise DatasetError(f"SCP dataset {path} lacks column(s) {', '.join(missing)}; it was not written by "
+                               "`scdpo data build` / `scdpo data import`")
+        for col in _BINARY:
+            kind = schema.field(col).type
+            if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+                raise DatasetError(f"SCP dataset {path}: column {col} must hold PNG bytes, not {kind}")
+        return read_parquet_rows(path, list(COLUMNS), "SCP dataset", fix, DatasetError)
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
-        raise DatasetError(f"SCP dataset {path} is not a readable parquet file ({str(exc)[:160]}); rebuild it with "
-                           "`scdpo data build` or re-import it") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise DatasetError(f"SCP dataset {path} lacks column(s) {', '.join(missing)}; it was not written by "
-                           "`scdpo data build` / `scdpo data import`")
-    for col in _BINARY:
-        kind = table.schema.field(col).type
-        if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
-            raise DatasetError(f"SCP dataset {path}: column {col} must hold PNG bytes, not {kind}")
-    return table
+        raise DatasetError(f"SCP dataset {path} is not a readable parquet file ({str(exc)[:160]}); {fix}") from None
 
 
 class ScpDataset(torch.utils.data.Dataset):
-    """Validated pairs (decoded images kept in memory as uint8). See module docstring."""
+    """Validated pairs. Images stay PNG bytes in memory and are decoded when an item is read (a
+    decoded image is several times larger than its PNG). See module docstring."""
 
-    def __init__(self, rows: list[dict], images: list[tuple[np.ndarray, np.ndarray]], path: Path, skipped: int,
-                 skip_reasons: dict[str, int], summary: dict):
+    def __init__(self, rows: list[dict], path: Path, skipped: int, skip_reasons: dict[str, int], summary: dict):
         self.rows = rows
-        self.images = images
         self.path = path
         self.skipped = skipped
         self.skip_reasons = skip_reasons
@@ -120,7 +143,8 @@ class ScpDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
-        winner, loser = self.images[i]
+        winner = _decode_png(row["winner_png"], f"{self.path} row {row['pair_id']!r} winner image")
+        loser = _decode_png(row["loser_png"], f"{self.path} row {row['pair_id']!r} loser image")
         return {
             "prompt": row["prompt"],
             "winner": torch.from_numpy(winner).float() / 255.0,
@@ -160,22 +184,16 @@ def resolve_pairs_file(path: str | Path) -> Path:
 
 def load_scp_dataset(path: str | Path, skip_bad: bool = False, expected_size: Size = None) -> ScpDataset:
     """Open and validate an SCP dataset folder (or its ``pairs.parquet``). See module docstring."""
-    import json
-
     pairs = resolve_pairs_file(path)
-    table = _read_table(pairs)
+    all_rows = _read_rows(pairs)
     expected = (expected_size, expected_size) if isinstance(expected_size, int) else expected_size
-    rows, images, reasons = [], [], {}
-    try:
-        all_rows = table.select([c for c in COLUMNS if c in table.column_names]).to_pylist()
-    except Exception as exc:  # pyarrow can fail converting a damaged column
-        raise DatasetError(f"SCP dataset {pairs} has unreadable values ({str(exc)[:160]})") from None
+    rows, reasons = [], {}
     for row in all_rows:
         for col in OPTIONAL_COLUMNS:
             row.setdefault(col, None)
     for i, row in enumerate(all_rows):
         try:
-            decoded = _check_row(row, tuple(expected) if expected else None)
+            _check_row(row, tuple(expected) if expected else None)
         except ValueError as exc:
             if not skip_bad:
                 raise DatasetError(f"SCP dataset {pairs}: row {i} (pair_id {row.get('pair_id')!r}): {exc}; fix or "
@@ -184,14 +202,13 @@ def load_scp_dataset(path: str | Path, skip_bad: bool = False, expected_size: Si
             reasons[reason] = reasons.get(reason, 0) + 1
             continue
         rows.append(row)
-        images.append(decoded)
     summary = {}
     summary_file = pairs.parent / "dataset.json"
     if summary_file.is_file():
         try:
-            summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            summary = read_json_file(summary_file, "dataset summary", "")
+        except InputFileError:
             summary = {}  # the summary is informative only; the parquet is the dataset
     if not rows:
         raise DatasetError(f"SCP dataset {pairs} has no usable pairs ({sum(reasons.values())} broken rows)")
-    return ScpDataset(rows, images, pairs, sum(reasons.values()), reasons, summary if isinstance(summary, dict) else {})
+    return ScpDataset(rows, pairs, sum(reasons.values()), reasons, summary if isinstance(summary, dict) else {})

@@ -68,10 +68,9 @@ def _score_pair(scorer, winner_png: bytes, loser_png: bytes) -> tuple[float, flo
 
 
 def _same_size(a_png: bytes, b_png: bytes) -> bool:
-    from PIL import Image
+    from ..images import image_size
 
-    with Image.open(io.BytesIO(a_png)) as a, Image.open(io.BytesIO(b_png)) as b:
-        return a.size == b.size
+    return image_size(a_png, "winner image") == image_size(b_png, "loser image")
 
 
 def _finish(out: Path, rows: list[dict], summary: dict) -> dict:

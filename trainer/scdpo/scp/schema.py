@@ -46,7 +46,6 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from ..errors import DatasetError
 from ..fileio import atomic_path
 
 PAIRS_FILE = "pairs.parquet"
@@ -88,16 +87,14 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def image_to_png(data: bytes, resize: int | None = None) -> bytes:
-    """Any image bytes PIL reads (JPEG, WebP, PNG...) → RGB PNG bytes, optionally centre-cropped and
-    resized to ``resize``×``resize``. Raises :class:`DatasetError` if undecodable."""
-    from PIL import Image, UnidentifiedImageError
+    """PNG, JPEG or WebP bytes → RGB PNG bytes, optionally centre-cropped and resized to
+    ``resize``×``resize``. Raises :class:`DatasetError` if undecodable, of another format or larger
+    than :data:`~scdpo.limits.MAX_IMAGE_PIXELS`."""
+    from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"image cannot be decoded ({exc})") from None
+    from ..images import decode_rgb
+
+    rgb = decode_rgb(data, "image")
     if resize:
         w, h = rgb.size
         side = min(w, h)

@@ -15,7 +15,6 @@ without ``text_model.`` (``legacy_text_encoder``). SDXL's first encoder is only 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from ..errors import IncompatibleModelError, InputFileError, WeightsFormatError
 from ..fileio import read_safetensors_header
+from ..limits import json_object, read_json_file
 
 _SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 SD1_TEXT_PREFIX = "cond_stage_model.transformer."
@@ -103,7 +103,11 @@ def family_from_keys(path: Path, header: dict) -> str:
         raise WeightsFormatError(f"{path} has no UNet weights (model.diffusion_model.*); the file is incomplete")
     if not has("first_stage_model."):
         raise WeightsFormatError(f"{path} has no VAE weights (first_stage_model.*); use a checkpoint that includes its VAE")
-    in_channels = header[UNET_IN_KEY]["shape"][1]
+    shape = header[UNET_IN_KEY]["shape"]
+    if len(shape) != 4:
+        raise WeightsFormatError(f"{path} is corrupt: its UNet input weight {UNET_IN_KEY} has shape {shape}, not "
+                                 "[out, in, 3, 3]; re-download the checkpoint")
+    in_channels = shape[1]
     if in_channels != 4:
         kind = {9: "an inpainting checkpoint", 8: "an instruct-pix2pix checkpoint"}.get(in_channels, f"a {in_channels}-channel UNet")
         raise _unsupported(path, kind)
@@ -116,23 +120,27 @@ def _folder_info(path: Path) -> BaseModelInfo:
         raise InputFileError(
             f"{path} is a folder without model_index.json; pass a diffusers model folder or a .safetensors checkpoint"
         )
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise WeightsFormatError(f"{index_path} is not valid JSON; re-download the model") from None
+    fix = "re-download the model"
+    index = json_object(read_json_file(index_path, "diffusers model index", fix, WeightsFormatError),
+                        f"diffusers model index {index_path}", fix, WeightsFormatError)
     cls = index.get("_class_name", "")
-    if cls in ("StableDiffusionXLPipeline",) and "text_encoder" in index and index.get("text_encoder", [None])[0]:
+    if not isinstance(cls, str):
+        raise WeightsFormatError(f"{index_path}: _class_name is {cls!r}, not a pipeline name; {fix}")
+
+    def component(name: str):  # ["transformers", "CLIPTextModel"] -> its library, or None when absent/null
+        entry = index.get(name)
+        return entry[0] if isinstance(entry, list) and entry else None
+
+    if cls in ("StableDiffusionXLPipeline",) and component("text_encoder"):
         family = "sdxl"
-    elif cls == "StableDiffusionXLImg2ImgPipeline" and not (index.get("text_encoder") or [None])[0]:
+    elif cls == "StableDiffusionXLImg2ImgPipeline" and not component("text_encoder"):
         raise _unsupported(path, "an SDXL refiner")
     elif cls.startswith("StableDiffusionXL"):
         family = "sdxl"
     elif cls in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"):
         family = "sd15"
-        try:
-            unet_cfg = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise WeightsFormatError(f"{path}/unet/config.json is missing or invalid; re-download the model") from None
+        unet_cfg = json_object(read_json_file(path / "unet" / "config.json", "UNet config", fix, WeightsFormatError),
+                               f"UNet config {path / 'unet' / 'config.json'}", fix, WeightsFormatError)
         if unet_cfg.get("cross_attention_dim") == 1024:
             raise _unsupported(path, "a Stable Diffusion 2.x model")
         if unet_cfg.get("in_channels", 4) != 4:

@@ -26,6 +26,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from ..errors import InputFileError, WeightsFormatError
 from ..fileio import decode_metadata, load_safetensors, read_safetensors_header, save_safetensors_atomic
+from ..limits import TEXT_RANGES, UNET_RANGES, check_ranges, json_object, parse_json
 from ..pipeline import Conditioning, TextToImageModel
 from .world import IMAGE_SIZE, vocabulary_corpus
 
@@ -215,19 +216,33 @@ class ToyTextToImage(TextToImageModel):
                 f"{path} is not a toy base model checkpoint (kind {meta.get('scdpo_kind')!r}); "
                 "pass a file written by `scdpo toy pretrain` or omit --model to use the shipped one"
             )
+        tokenizer, te_cfg, un_cfg = _checked_configs(path, raw, meta)
+        fix = "re-create it with `scdpo toy pretrain`"
+        try:  # the architecture alone (no memory), compared with the file's tensors before it is allocated
+            with torch.device("meta"):
+                expected = {f"unet.{k}": tuple(v.shape) for k, v in UNet2DConditionModel(**un_cfg).state_dict().items()}
+                text = CLIPTextModel(CLIPTextConfig(**te_cfg)).state_dict()
+                expected.update({f"text_encoder.{k}": tuple(v.shape) for k, v in text.items()})
+        except Exception as exc:  # noqa: BLE001 - any config the model classes refuse is a damaged file
+            raise WeightsFormatError(f"{path} is a damaged toy base model checkpoint (its configs build no model: "
+                                     f"{type(exc).__name__}: {exc}); {fix}") from None
+        optional = {k for k in expected if k.endswith("position_ids")}
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        misfit = sorted(k for k in set(expected) | set(got) if k not in optional and got.get(k) != expected.get(k))
+        if misfit:
+            k = misfit[0]
+            raise WeightsFormatError(f"{path} is a damaged toy base model checkpoint: tensor {k} is "
+                                     f"{got.get(k, 'missing')}, its config implies {expected.get(k, 'no such tensor')}; "
+                                     f"{fix}")
+        bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise WeightsFormatError(f"{path} holds NaN/inf weights ({bad}); {fix}")
         try:
-            tokenizer = _wrap_tokenizer(raw["tokenizer"])
-            te_cfg = meta["text_config"]
-            te_cfg = te_cfg if isinstance(te_cfg, dict) else json.loads(te_cfg)
-            un_cfg = meta["unet_config"]
-            un_cfg = un_cfg if isinstance(un_cfg, dict) else json.loads(un_cfg)
-            un_cfg = {k: v for k, v in un_cfg.items() if not k.startswith("_")}
-            text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
-            unet = UNet2DConditionModel(**un_cfg)
-            model = cls(unet, text_encoder, tokenizer, model_id=path.stem)
+            model = cls(UNet2DConditionModel(**un_cfg), CLIPTextModel(CLIPTextConfig(**te_cfg)), tokenizer,
+                        model_id=path.stem)
             model.load_state_tensors(tensors)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise WeightsFormatError(f"{path} is a damaged toy base model checkpoint ({exc}); re-create it") from None
+            raise WeightsFormatError(f"{path} is a damaged toy base model checkpoint ({exc}); {fix}") from None
         model.unet.requires_grad_(False).eval()
         model.text_encoder.requires_grad_(False).eval()
         return model.to(device)
@@ -261,6 +276,43 @@ class ToyTextToImage(TextToImageModel):
         if height % PATCH or width % PATCH:
             raise ValueError(f"toy model image size must be a multiple of {PATCH}, got {height}x{width}")
         return (LATENT_CHANNELS, height // PATCH, width // PATCH)
+
+
+def _checked_configs(path: Path, raw: dict[str, str], meta: dict[str, Any]
+                     ) -> tuple[PreTrainedTokenizerFast, dict[str, Any], dict[str, Any]]:
+    """The tokenizer, text config and UNet config of a toy checkpoint, each number range-checked."""
+    fix = "re-create it with `scdpo toy pretrain`"
+    configs = []
+    for key in ("text_config", "unet_config"):
+        value = meta.get(key)
+        if isinstance(value, str):
+            value = parse_json(value, f"{path}: metadata {key}", fix, WeightsFormatError)
+        configs.append(json_object(value, f"{path}: metadata {key}", fix, WeightsFormatError))
+    te_cfg, un_cfg = configs
+    un_cfg = {k: v for k, v in un_cfg.items() if not k.startswith("_")}
+    check_ranges(te_cfg, TEXT_RANGES, f"{path}: text_config", fix, WeightsFormatError)
+    blocks = [un_cfg.get(k) for k in ("block_out_channels", "down_block_types", "up_block_types")]
+    if not all(isinstance(b, (list, tuple)) for b in blocks) or len({len(b) for b in blocks}) != 1:
+        raise WeightsFormatError(f"{path}: unet_config needs block_out_channels, down_block_types and up_block_types "
+                                 f"lists of one length; {fix}")
+    check_ranges({**un_cfg, "blocks": len(blocks[0])}, UNET_RANGES, f"{path}: unet_config", fix, WeightsFormatError)
+    for key in ("transformer_layers_per_block", "num_attention_heads", "reverse_transformer_layers_per_block"):
+        if un_cfg.get(key) is not None:  # how many layers or heads the UNet gets: bounded like the rest
+            check_ranges({key: un_cfg[key]}, {key: (1, 64)}, f"{path}: unet_config", fix, WeightsFormatError)
+    tokenizer_json = raw.get("tokenizer")
+    if not isinstance(tokenizer_json, str):
+        raise WeightsFormatError(f"{path} has no tokenizer in its metadata; {fix}")
+    parse_json(tokenizer_json, f"{path}: metadata tokenizer", fix, WeightsFormatError)  # size and depth
+    try:
+        tokenizer = _wrap_tokenizer(tokenizer_json)
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception for a bad file
+        raise WeightsFormatError(f"{path} has a damaged tokenizer ({str(exc)[:100]}); {fix}") from None
+    vocab = te_cfg.get("vocab_size", 0)
+    if len(tokenizer) > vocab or te_cfg.get("max_position_embeddings", 0) < MAX_TOKENS:
+        raise WeightsFormatError(f"{path}: its tokenizer ({len(tokenizer)} tokens, {MAX_TOKENS} per prompt) does not "
+                                 f"fit its text encoder (vocab_size {vocab}, max_position_embeddings "
+                                 f"{te_cfg.get('max_position_embeddings')}); {fix}")
+    return tokenizer, te_cfg, un_cfg
 
 
 def is_toy_checkpoint(path: str | Path) -> bool:
