@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import ScdpoError
+from ..limits import inside
 from . import require_gradio
 from .forms import CHOICE, FLAG, FLOAT, INT, MULTI, TRISTATE, TRISTATE_CHOICES, FormError, OptionSpec, command_specs_of
 from .jobs import CANCELLED, FAILED, IDLE, RUNNING, SUCCEEDED, JobBusyError, JobRunner, default_runner, job_environment
@@ -32,6 +34,7 @@ _BAR = ("<div style='height:10px;border-radius:5px;background:#e5e7eb;overflow:h
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # addresses that serve this machine only
+UI_USER = "scdpo"  # the login name when the UI is served with a password
 
 
 def _make(cls, *args, **kwargs):
@@ -94,29 +97,35 @@ def _status_markdown(snap: dict) -> str:
 
 
 def _display_image(path: Path):
-    """The image as PIL, small ones (toy 16x16 px) enlarged with nearest-neighbour so pixels stay crisp."""
+    """The image as PIL, small ones (toy 16x16 px) enlarged with nearest-neighbour so pixels stay crisp.
+    Only PNG/JPEG/WebP within the pixel limit are decoded (:mod:`scdpo.images`)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        image = im.convert("RGB")
+    from ..images import decode_rgb
+
+    image = decode_rgb(path, str(path), error=ScdpoError)
     if max(image.size) < 128:
         factor = max(1, 128 // max(image.size))
         image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
     return image
 
 
-def results_view(folder: Optional[str]) -> tuple[list, str]:
-    """``(gallery value, report text)`` for a results folder."""
+def results_view(folder: Optional[str], root: str | os.PathLike) -> tuple[list, str]:
+    """``(gallery value, report text)`` for a results folder, which must lie inside ``root`` (the
+    UI's work folder: nothing outside it is ever shown)."""
     if not folder:
         return [], ""
-    items = gallery_items(folder)
+    if inside(folder, root) is None:
+        return [], f"{folder} is outside the UI's work folder; only results inside {root} are shown"
+    folder = str(inside(folder, root))
+    items = gallery_items(folder, root=root)
     gallery = []
     for path, caption in items:
         try:
             gallery.append((_display_image(path), caption))
-        except OSError:
+        except (OSError, ScdpoError):
             continue  # a file still being written or not an image: leave it out
-    report = report_summary(folder)
+    report = report_summary(folder, root=root)
     if not gallery and not report:
         report = f"no images or report in {folder} yet"
     return gallery, report
@@ -200,7 +209,7 @@ def build_blocks(runner: Optional[JobRunner] = None, embedded: bool = False,
             outputs = [_status_markdown(snap), _progress_html(snap), snap["log"], snap]
             ended = snap["state"] in (SUCCEEDED, FAILED, CANCELLED)
             if ended and key != last_seen and snap.get("results_dir"):
-                images, text = results_view(snap["results_dir"])
+                images, text = results_view(snap["results_dir"], runner.workdir)
                 outputs += [snap["results_dir"], images, text]
             else:
                 outputs += [gr.update(), gr.update(), gr.update()]
@@ -212,7 +221,8 @@ def build_blocks(runner: Optional[JobRunner] = None, embedded: bool = False,
         # the job's state alone, for scripts and tests: ``client.predict(api_name="/job_state")``
         state_button = _make(gr.Button, "job state", visible=False)
         state_button.click(lambda: runner.snapshot(LOG_LINES), outputs=[details], api_name="job_state")
-        show.click(lambda f: results_view(f.strip() if f else f), inputs=[folder], outputs=[gallery, report],
+        show.click(lambda f: results_view(f.strip() if f else f, runner.workdir), inputs=[folder],
+                   outputs=[gallery, report],
                    api_name="show_results")
         if hasattr(gr, "Timer"):
             timer = gr.Timer(POLL_SECONDS)
@@ -242,7 +252,7 @@ def _starter(runner: JobRunner, task, spec, dests: list[str]):
 
     def start(*values):
         try:
-            commands, results = job_commands(task, spec, dict(zip(dests, values)))
+            commands, results = job_commands(task, spec, dict(zip(dests, values)), runner.workdir)
             job = runner.start(task.title, commands, results)
         except JobBusyError as exc:
             return f"⚠️ **Not started:** {exc}"
@@ -265,12 +275,20 @@ def _cancel_message(runner: JobRunner) -> str:
 
 
 def serve(host: str = "127.0.0.1", port: int = 7870, workdir: str | os.PathLike | None = None,
-          open_browser: bool = False, block: bool = True, runner: Optional[JobRunner] = None):
+          open_browser: bool = False, block: bool = True, runner: Optional[JobRunner] = None,
+          public: bool = False, password: Optional[str] = None, allowed_hosts: tuple[str, ...] = ()):
     """Serve :func:`build_blocks` on ``host:port`` (loopback by default; never a share link).
 
+    A non-loopback ``host`` needs ``public=True`` and a ``password`` (user ``scdpo``); every request
+    must name this machine in its ``Host`` header (:mod:`scdpo.serving`; ``allowed_hosts`` adds names).
     Returns the launched Blocks (``block=False`` returns at once with the server running in a thread;
     ``blocks.close()`` stops it).
     """
+    from starlette.middleware import Middleware
+
+    from ..serving import HostHeaderGuard, check_public_bind
+
+    check_public_bind(host, public, password)
     quiet_gradio_environment()
     gr = require_gradio()
     runner = runner or (JobRunner(workdir) if workdir else default_runner())
@@ -281,7 +299,10 @@ def serve(host: str = "127.0.0.1", port: int = 7870, workdir: str | os.PathLike 
     launch = dict(server_name=host, server_port=port, share=False, inbrowser=open_browser,
                   prevent_thread_lock=True, show_error=True, quiet=True, theme=theme, css=_CSS,
                   ssr_mode=False, mcp_server=False, enable_monitoring=False, pwa=False, run_history=False,
-                  footer_links=["api", "settings"], max_file_size="64mb")
+                  footer_links=["api", "settings"], max_file_size="64mb",
+                  app_kwargs={"middleware": [Middleware(HostHeaderGuard, bind_host=host, extra_hosts=allowed_hosts)]})
+    if password:
+        launch["auth"] = [(UI_USER, password)]
     _launch(blocks, **launch)
     # our own line instead of gradio's, which suggests share=True (a public link we never create)
     where = "this machine only" if host in LOOPBACK_HOSTS else f"bound to {host}"
