@@ -1,15 +1,13 @@
 """SC-DPO Cost Model Loader: a safety cost model under ComfyUI's model management.
 
 The checkpoint is read by :func:`scdpo.cost.load_cost_model`; its frozen image encoder is either
-the one inside the file (toy), a CLIP vision file given by path, the user's own ``CLIP_VISION``
+the one inside the file (toy), a CLIP vision file chosen from ``models/clip_vision/``, the user's own ``CLIP_VISION``
 (ComfyUI's loaded clip_vision model, wrapped by :class:`ComfyClipVisionEncoder`), or the
 bundled NudeNet detector. The torch part is held by a ComfyUI ``ModelPatcher`` so ComfyUI moves
 it to the GPU for scoring and offloads it when the UNet needs the memory, like any model.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -21,7 +19,8 @@ from scdpo.cost.backbones import infer_clip_vision_config
 from scdpo.errors import IncompatibleModelError
 
 from .comfy_schema import io, ui
-from .model_folders import NUDENET_CHOICE, SAFETY_MODELS, cost_model_choices, resolve
+from .model_folders import (CLIP_VISION, NUDENET_CHOICE, SAFETY_MODELS, clip_vision_choices, cost_model_choices,
+                            resolve)
 
 CostModelType = io.Custom("SCDPO_COST_MODEL")
 SCORING_BATCH = 16
@@ -80,26 +79,35 @@ class ComfyCostModel:
         return self.scorer.score(images, batch_size=SCORING_BATCH, progress=progress)
 
 
-def _backbone_file(backbone_path: str) -> str:
-    """An absolute path, or a file name from ComfyUI's models/clip_vision/."""
-    backbone_path = backbone_path.strip()
-    if os.path.isabs(backbone_path) or os.path.exists(backbone_path):
-        return backbone_path
-    return resolve(backbone_path, ("clip_vision",))
+NO_BACKBONE = "none"  # the backbone choice "use the encoder stored in the cost model"
 
 
-def load_comfy_cost_model(name: str, device: str = "auto", clip_vision=None, backbone_path: str = "") -> ComfyCostModel:
-    """Load the cost model ``name`` (a file in safety_models, or the NudeNet choice) for ComfyUI."""
+def _backbone_file(name: str) -> str:
+    """The full path of a file listed in ComfyUI's models/clip_vision/ (never any other path: the
+    choice comes from the folder list, like every other model input)."""
+    if name not in clip_vision_choices():
+        from scdpo.errors import InputFileError
+
+        raise InputFileError(f"backbone {name!r} is not a file in models/clip_vision/; put the CLIP vision "
+                             "file there and refresh the node list (press R)")
+    return resolve(name, (CLIP_VISION,))
+
+
+def load_comfy_cost_model(name: str, device: str = "auto", clip_vision=None, backbone: str = NO_BACKBONE
+                          ) -> ComfyCostModel:
+    """Load the cost model ``name`` (a file in safety_models, or the NudeNet choice) for ComfyUI.
+    ``backbone``: a file name from models/clip_vision/, or :data:`NO_BACKBONE`."""
     if name == NUDENET_CHOICE:
         return ComfyCostModel(load_cost_model("nudenet"), "NudeNet")
-    if clip_vision is not None and backbone_path.strip():
-        raise IncompatibleModelError("connect a CLIP_VISION input or type a backbone_path, not both")
-    backbone = None
+    backbone = (backbone or NO_BACKBONE).strip() or NO_BACKBONE
+    if clip_vision is not None and backbone != NO_BACKBONE:
+        raise IncompatibleModelError("connect a CLIP_VISION input or choose a backbone file, not both")
+    encoder = None
     if clip_vision is not None:
-        backbone = ComfyClipVisionEncoder(clip_vision)
-    elif backbone_path.strip():
-        backbone = _backbone_file(backbone_path)
-    scorer = load_cost_model(resolve(name, (SAFETY_MODELS,)), backbone=backbone, device="cpu")
+        encoder = ComfyClipVisionEncoder(clip_vision)
+    elif backbone != NO_BACKBONE:
+        encoder = _backbone_file(backbone)
+    scorer = load_cost_model(resolve(name, (SAFETY_MODELS,)), backbone=encoder, device="cpu")
     if device == "cpu":
         load_device = offload_device = torch.device("cpu")
     else:
@@ -122,7 +130,8 @@ class CostModelLoader(io.ComfyNode):
             display_name=cls.DISPLAY_NAME,
             category="SC-DPO safety",
             description="Loads a safety cost model from models/safety_models/ (or the bundled NudeNet detector). "
-                        "CLIP-based cost models need their CLIP vision encoder: connect CLIP_VISION or give a path.",
+                        "CLIP-based cost models need their CLIP vision encoder: connect CLIP_VISION or choose "
+                        "its file from models/clip_vision/.",
             inputs=[
                 io.Combo.Input("cost_model", options=cost_model_choices(),
                                tooltip="A cost model written by `scdpo cost train`, or the NudeNet detector."),
@@ -130,18 +139,20 @@ class CostModelLoader(io.ComfyNode):
                                tooltip="auto: ComfyUI's GPU when present (offloaded when idle); cpu: always CPU."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="The CLIP vision model the cost model was trained on (Load CLIP Vision)."),
-                io.String.Input("backbone_path", default="", optional=True,
-                                tooltip="Instead of clip_vision: a CLIP vision file (absolute path or a name in "
-                                        "models/clip_vision/). Empty: the encoder stored in the cost model."),
+                io.Combo.Input("backbone", options=[NO_BACKBONE, *clip_vision_choices()], default=NO_BACKBONE,
+                               optional=True,
+                               tooltip="Instead of clip_vision: a CLIP vision file from models/clip_vision/. "
+                                       "none: the encoder stored in the cost model."),
             ],
             outputs=[CostModelType.Output(display_name="COST_MODEL")],
         )
 
     @classmethod
-    def execute(cls, cost_model: str, device: str = "auto", clip_vision=None, backbone_path: str = ""):
-        model = load_comfy_cost_model(cost_model, device, clip_vision, backbone_path or "")
+    def execute(cls, cost_model: str, device: str = "auto", clip_vision=None, backbone: str = NO_BACKBONE):
+        model = load_comfy_cost_model(cost_model, device, clip_vision, backbone)
         text = f"{model.name}: categories {', '.join(model.categories)}; threshold {model.scorer.threshold:+.3f}"
         return io.NodeOutput(model, ui=ui.PreviewText(text))
 
 
-__all__ = ["ComfyClipVisionEncoder", "ComfyCostModel", "CostModelLoader", "CostModelType", "load_comfy_cost_model"]
+__all__ = ["NO_BACKBONE", "ComfyClipVisionEncoder", "ComfyCostModel", "CostModelLoader", "CostModelType",
+           "load_comfy_cost_model"]

@@ -19,6 +19,7 @@ import folder_paths
 
 SAFETY_MODELS = "safety_models"
 LORAS = "loras"
+CLIP_VISION = "clip_vision"
 SAFETENSORS = {".safetensors"}
 NUDENET_CHOICE = "NudeNet (bundled detector)"
 
@@ -58,6 +59,11 @@ def safety_lora_choices() -> list[str]:
     for name in _safetensors(SAFETY_MODELS) + _safetensors(LORAS):
         seen.setdefault(name, None)
     return list(seen)
+
+
+def clip_vision_choices() -> list[str]:
+    """CLIP vision files in ComfyUI's ``clip_vision`` folder (a cost model's backbone)."""
+    return _safetensors(CLIP_VISION)
 
 
 def cost_model_choices() -> list[str]:

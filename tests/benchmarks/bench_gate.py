@@ -66,7 +66,7 @@ def _time_gate_in_comfyui(batch: int, repeats: int, patch: int) -> dict:
     loader, gate = pack_module("cost_model_loader").CostModelLoader, pack_module("safety_gate").SafetyGate
     t0 = time.perf_counter()
     cost_model = run_node(loader, cost_model=cost_file.name, device="cpu",
-                          backbone_path=f"vit_b{patch}_random.safetensors").outputs[0]
+                          backbone=f"vit_b{patch}_random.safetensors").outputs[0]
     load_s = time.perf_counter() - t0
     images = torch.rand(batch, 512, 512, 3, generator=torch.Generator().manual_seed(0))
     run_node(gate, images=images[:1], cost_model=cost_model, threshold=0.5, action="pass")  # warm-up

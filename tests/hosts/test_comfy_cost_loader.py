@@ -75,19 +75,22 @@ def test_other_clip_weights_are_refused(comfy_models, loader):
                  clip_vision=comfy.clip_vision.ClipVisionModel(small_clip(1)))
 
 
-def test_backbone_path_from_clip_vision_folder(comfy_models, loader):
+def test_backbone_from_clip_vision_folder(comfy_models, loader):
     from scdpo.fileio import save_safetensors_atomic
 
     clip = small_clip(0)
     save_clip_cost_model(comfy_models / "safety_models" / "clip_cost.safetensors", clip)
     save_safetensors_atomic(clip.state_dict(), comfy_models / "clip_vision" / "tiny_clip.safetensors",
                             {"config": json.dumps(clip.config.to_dict())})
-    run = run_node(loader, cost_model="clip_cost.safetensors", device="cpu", backbone_path="tiny_clip.safetensors")
+    run = run_node(loader, cost_model="clip_cost.safetensors", device="cpu", backbone="tiny_clip.safetensors")
     assert run.outputs[0].patcher.load_device == torch.device("cpu")
     with pytest.raises(IncompatibleModelError, match="needs|not stored|backbone"):
         run_node(loader, cost_model="clip_cost.safetensors", device="cpu")  # a CLIP cost model needs its encoder
+    with pytest.raises(AssertionError, match="value_not_in_list: backbone"):  # only listed files can be chosen
+        run_node(loader, cost_model="clip_cost.safetensors", device="cpu", backbone="nope.safetensors")
     with pytest.raises(InputFileError, match="models/clip_vision/"):
-        run_node(loader, cost_model="clip_cost.safetensors", device="cpu", backbone_path="nope.safetensors")
+        pack_module("cost_model_loader").load_comfy_cost_model("clip_cost.safetensors", "cpu",
+                                                               backbone="nope.safetensors")
 
 
 def test_nudenet_choice(comfy_models, loader):
