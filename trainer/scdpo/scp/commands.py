@@ -12,6 +12,8 @@ from ..cost.commands import add_threads_arg, apply_threads
 from ..errors import InputFileError, ScdpoError
 from ..fileio import write_json_atomic
 
+PROMPT_SPLITS = ("train", "validation", "test")  # the `split` column of a prompt CSV
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """``scdpo data build|mine-attacks|import|validate``."""
@@ -29,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="preference reward: toy fidelity (default) or package.module:function for your own")
     b.add_argument("--prompts", default=None,
                    help="CSV with columns prompt, category (empty = clean), optional safe_prompt (harmful "
-                        "rows: the prompt made safe) and erased_prompt (clean rows that resemble a category: the "
-                        "prompt without the look-alike, sampled as losers) (default: toy prompts)")
+                        "rows: the prompt made safe), erased_prompt (clean rows that resemble a category: the "
+                        "prompt without the look-alike, sampled as losers) and split; or `scdpo` for the shipped "
+                        "set of harmful, look-alike and clean prompts (docs/prompts.md) (default: toy prompts)")
+    b.add_argument("--split", default=None, choices=PROMPT_SPLITS + ("all",),
+                   help="with --prompts: keep the rows of this split when the CSV has a `split` column (default "
+                        "train; all = every row); a CSV without one is used whole")
     b.add_argument("--n-prompts", type=int, default=800, help="toy prompts (default 800)")
     b.add_argument("--harmful-frac", type=float, default=0.5, help="share of harmful toy instructions (default 0.5)")
     b.add_argument("--near-miss-frac", type=float, default=0.15, help="share of near-miss clean toy instructions")
@@ -118,20 +124,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=_validate)
 
 
-def read_prompt_csv(path: str | Path):
-    """User prompts: CSV ``prompt, category[, safe_prompt][, erased_prompt]`` → list of PromptSpec."""
-    from .builder import PromptSpec
+def resolve_prompt_file(name: str | Path) -> Path:
+    """A prompt CSV path, or the shipped set for a built-in name (``scdpo``; ``./scdpo`` is a file)."""
+    from .prompt_set import BUILTIN_PROMPT_SETS
 
-    path = Path(path)
+    return BUILTIN_PROMPT_SETS.get(str(name), Path(name))
+
+
+def read_prompt_csv(path: str | Path, split: str | None = None):
+    """User prompts: CSV ``prompt, category[, safe_prompt][, erased_prompt][, split]`` → list of PromptSpec.
+
+    ``path``: a file, or ``scdpo`` for the shipped set. ``split``: when the CSV has a ``split`` column,
+    keep the rows of this split (``train`` | ``validation`` | ``test``; ``all``: every row; None:
+    ``train``). A CSV without the column is used whole; asking it for one split is an error, so a held-out
+    evaluation cannot silently run on training prompts."""
+    return _read_prompt_csv(path, split)[0]
+
+
+def _read_prompt_csv(path: str | Path, split: str | None) -> tuple[list, str]:
+    """(prompt specs, a name for the source: the file name, with the split when one was applied)."""
+    from .builder import PromptSpec
+    from .prompt_set import BUILTIN_PROMPT_SETS
+
+    path = resolve_prompt_file(path)
     if not path.is_file():
-        raise InputFileError(f"prompt CSV not found: {path}")
+        raise InputFileError(f"prompt CSV not found: {path} (built-in prompt sets: {', '.join(BUILTIN_PROMPT_SETS)})")
     try:
         reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
         records = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputFileError(f"{path} is not a readable UTF-8 CSV ({exc})") from None
-    if "prompt" not in (reader.fieldnames or []):
+    columns = reader.fieldnames or []
+    if "prompt" not in columns:
         raise InputFileError(f"{path} needs a header with a `prompt` column (and `category`, optional `safe_prompt`)")
+    split_column = "split" in columns
+    if split is not None and split not in (*PROMPT_SPLITS, "all"):
+        raise ScdpoError(f"split must be one of {', '.join(PROMPT_SPLITS)} or all (got {split!r})")
+    if not split_column and split not in (None, "all"):
+        raise InputFileError(f"{path} has no `split` column, so it has no {split} rows: leave --split out (or "
+                             "pass all) to use every row, or add the column")
+    keep = (split or "train") if split_column else "all"
     out = []
     for line, rec in enumerate(records, start=2):
         text = (rec.get("prompt") or "").strip()
@@ -142,12 +174,18 @@ def read_prompt_csv(path: str | Path):
         if cat and erased:
             raise InputFileError(f"{path} line {line}: erased_prompt belongs to clean look-alike prompts, but this "
                                  f"row has category {cat!r}; clear one of the two (a harmful row takes safe_prompt)")
+        row_split = (rec.get("split") or "").strip().lower()
+        if split_column and row_split not in PROMPT_SPLITS:
+            raise InputFileError(f"{path} line {line}: split is {row_split or 'empty'!r}; write one of "
+                                 f"{', '.join(PROMPT_SPLITS)}")
+        if keep != "all" and row_split != keep:
+            continue
         kind = "harmful" if cat else ("near_miss" if erased else "clean")
         out.append(PromptSpec(text, cat is not None, cat, kind, (rec.get("safe_prompt") or "").strip() or None,
                               erased))
     if not out:
-        raise InputFileError(f"{path} contains no prompts")
-    return out
+        raise InputFileError(f"{path} contains no prompts" + (f" of split {keep}" if keep != "all" else ""))
+    return out, path.name + (f" (split {keep})" if split_column else "")
 
 
 def audit_toy_dataset(path: str | Path) -> dict:
@@ -227,9 +265,11 @@ def _mine(args) -> int:
 
 def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, cost_model: str = "toy",
                   backbone: str | None = None, reward: str | None = None, base: str | None = None,
-                  device: str = "auto", attack_lora: str | None = None, overwrite: bool = False):
+                  device: str = "auto", attack_lora: str | None = None, overwrite: bool = False,
+                  prompt_split: str | None = None):
     """Build (or resume) an SCP dataset in ``out`` with ``config`` (a ``BuildConfig``): toy prompts unless
-    ``prompts_csv`` is given. Returns the ``BuildResult``; a toy build's summary gains the oracle audit."""
+    ``prompts_csv`` is given (a file or ``scdpo``; ``prompt_split`` as :func:`read_prompt_csv`'s ``split``).
+    Returns the ``BuildResult``; a toy build's summary gains the oracle audit."""
     from ..cost.scorer import load_cost_model
     from ..models import load_base_model
     from .builder import build_scp_dataset, toy_prompt_specs
@@ -243,9 +283,13 @@ def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, co
         if value < least:
             raise ScdpoError(f"{flag} must be at least {least} (got {value})")
     toy = prompts_csv is None
-    prompts = (toy_prompt_specs(config.n_prompts, config.harmful_frac, config.near_miss_frac, config.seed,
-                                config.composite_frac)
-               if toy else read_prompt_csv(prompts_csv))
+    if toy and prompt_split is not None:
+        raise ScdpoError("--split selects rows of a --prompts CSV; the toy prompts are always the train split")
+    if toy:
+        prompts = toy_prompt_specs(config.n_prompts, config.harmful_frac, config.near_miss_frac, config.seed,
+                                   config.composite_frac)
+    else:
+        prompts, prompt_source = _read_prompt_csv(prompts_csv, prompt_split)
     preference = make_reward(reward)
     scorer = load_cost_model(cost_model, backbone=backbone, device=device)
     model = load_base_model(base, device=device)
@@ -256,7 +300,7 @@ def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, co
         attacker = _load_attack_lora(attack_lora, model)
     describe = {"base_model": getattr(model, "model_id", "?"), "base_model_version": model.base_model_version,
                 "cost_model": str(cost_model), "cost_threshold": scorer.threshold, "reward": preference.name,
-                "prompt_source": "toy ToyWorld('train') surface forms" if toy else Path(prompts_csv).name}
+                "prompt_source": "toy ToyWorld('train') surface forms" if toy else prompt_source}
     if attacker is not None:
         from ..manifest import sha256_of
 
@@ -282,7 +326,7 @@ def _build(args) -> int:
                       attack_candidates=args.attack_candidates, attack_strengths=_attack_strengths(args.attack_strengths))
     result = build_dataset(args.out, cfg, prompts_csv=args.prompts, cost_model=args.cost_model,
                            backbone=args.backbone, reward=args.reward, base=args.base, device=args.device,
-                           attack_lora=args.attack_lora, overwrite=args.overwrite)
+                           attack_lora=args.attack_lora, overwrite=args.overwrite, prompt_split=args.split)
     summary = result.summary
     print(f"wrote {result.n_pairs} pairs to {result.path}  (by kind: {summary.get('pairs_by_kind')}; "
           f"skipped prompts: {summary.get('skipped_prompts')})")
