@@ -228,7 +228,8 @@ def register_api(app, shared) -> None:
 
         dependencies = [Depends(check)]
 
-    too_large = f"the request body is larger than {MAX_REQUEST_BYTES // (1024 * 1024)} MiB; send fewer or smaller images"
+    too_large = (f"the request body is larger than {MAX_REQUEST_BYTES // (1024 * 1024)} MiB; send fewer or "
+                 "smaller images")
 
     async def score_endpoint(request: Request):
         declared = request.headers.get("content-length", "")

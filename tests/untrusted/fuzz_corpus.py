@@ -341,9 +341,30 @@ def lora_cases(seeds: dict[str, Path], rng: random.Random) -> list[tuple[str, Ca
                       ("meta_nan", "NaN"), ("meta_not_json", "{x"), ("meta_number", "5"),
                       ("meta_huge", json.dumps({"x": "a" * 17 * 2**20}))]:
         out.append((f"diffusers_meta:{name}", _bytes_writer(with_metadata(diff, {"lora_adapter_metadata": raw}))))
+    for name, patterns in (("alpha_pattern_redos_on_aaaa_module", {REDOS: 1}),
+                           ("alpha_pattern_nested_quantifier_on_aaaa_module", {"(a|aa)+$x": 1, "(a*)*b": 2})):
+        out.append((f"diffusers_cfg:{name}", lambda target, p=patterns: redos_lora(
+            seeds["lora_diffusers"], target.with_suffix(".safetensors"), p)))
     out += tensor_variants_lora(seeds)
     out += peft_folder_variants(seeds)
     return out
+
+
+def redos_lora(path: Path, target: Path, patterns: dict | None = None) -> Path:
+    """A copy of the diffusers-layout LoRA at ``path`` with a module named ``aaaa…a`` and an
+    ``alpha_pattern`` that backtracks catastrophically on that name when run as a regex."""
+    from safetensors.torch import save_file
+
+    from scdpo.fileio import load_safetensors
+
+    tensors, meta = load_safetensors(path)
+    name = "unet." + "a" * 40
+    tensors.update({f"{name}.lora_A.weight": torch.zeros(4, 8), f"{name}.lora_B.weight": torch.zeros(8, 4)})
+    cfg = json.loads(meta["lora_adapter_metadata"])
+    meta["lora_adapter_metadata"] = json.dumps({**cfg, "unet.alpha_pattern": patterns or {REDOS: 1}})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target), metadata=meta)
+    return target
 
 
 def variants_of(base: dict, changes: dict) -> dict[str, str]:

@@ -4,8 +4,9 @@
 the outcome (``ok``; ``error``: a clean one-line ScdpoError; ``traceback``: any other exception;
 ``unpickle``: something tried to unpickle; ``memory``: an allocation failed or the process's peak
 resident memory passed :data:`RSS_LIMIT`; ``hang``: still running after TIMEOUT_S), the error line,
-the seconds and the case's peak RSS (the process's, including the ~0.6 GB of imports). A hang or a memory blow-up ends the process after its line (the runner
-restarts from the next case), so every case is measured in a process that never passed the limit.
+the seconds and the case's peak RSS (the process's, including the ~0.6 GB of imports). A hang or a
+memory blow-up ends the process after its line (the runner restarts from the next case), so every
+case is measured in a process that never passed the limit.
 
 Nothing here is imported by the project: it is the tests' harness.
 """
@@ -13,7 +14,6 @@ Nothing here is imported by the project: it is the tests' harness.
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import json
 import os
@@ -218,7 +218,6 @@ def main() -> None:
 
     threading.Thread(target=watchdog, daemon=True).start()
     for case in cases[first:]:
-        gc.collect()
         _reset_peak()
         current.update(case=case, t0=time.time())
         record = run_case(case, work)

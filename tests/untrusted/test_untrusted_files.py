@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from fuzz_corpus import (DEEP, REDOS, Case, dataset_folder, dataset_rows, image_bytes, sd_folder, seed_files,
-                         split_safetensors, join_safetensors, with_metadata)
+from fuzz_corpus import (DEEP, Case, dataset_folder, dataset_rows, image_bytes, join_safetensors, redos_lora,
+                         sd_folder, seed_files, split_safetensors, with_metadata)
 from test_fuzz_loaders import run_cases
 
+from scdpo import errors
 from scdpo.cli import main
-from scdpo.errors import MAX_MESSAGE_CHARS, ScdpoError, WeightsFormatError
+from scdpo.errors import WeightsFormatError
+
+MAX_MESSAGE_CHARS = getattr(errors, "MAX_MESSAGE_CHARS", 400)  # also runs against a checkout from before
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,10 +69,7 @@ def isolated(seeds, tmp_path_factory):
     (work / "seeds").mkdir()
     (work / "seeds" / "image.png").write_bytes(image_bytes("png"))
     files = {}
-    data = seeds["lora_diffusers"].read_bytes()
-    cfg = json.loads(split_safetensors(data)[0]["__metadata__"]["lora_adapter_metadata"])
-    files["redos"] = ("lora", write(work / "redos.safetensors", with_metadata(
-        data, {"lora_adapter_metadata": json.dumps({**cfg, "unet.alpha_pattern": {REDOS: 1}})})))
+    files["redos"] = ("lora", redos_lora(seeds["lora_diffusers"], work / "redos.safetensors"))
     cost = seeds["cost_model"].read_bytes()
     files["feature_dim"] = ("cost_model", write(work / "feature_dim.safetensors", with_metadata(cost, {"feature_dim": "60000"})))
     base = seeds["toy_base"].read_bytes()
@@ -291,7 +289,8 @@ def test_nan_and_inf_weights_are_refused_by_the_toy_loaders(seeds, tmp_path, kin
 
 
 def _python(code: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "trainer"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.environ.get("SCDPO_FUZZ_TRAINER") or str(REPO / "trainer"),
+           "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=120, **kw)
 

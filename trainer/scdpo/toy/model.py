@@ -232,8 +232,8 @@ class ToyTextToImage(TextToImageModel):
         if misfit:
             k = misfit[0]
             raise WeightsFormatError(f"{path} is a damaged toy base model checkpoint: tensor {k} is "
-                                     f"{got.get(k, 'missing')}, its config implies {expected.get(k, 'no such tensor')}; "
-                                     f"{fix}")
+                                     f"{got.get(k, 'missing')}, its config implies "
+                                     f"{expected.get(k, 'no such tensor')}; {fix}")
         bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:
             raise WeightsFormatError(f"{path} holds NaN/inf weights ({bad}); {fix}")
