@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -27,36 +29,71 @@ CASE_TIMEOUT_S = 60.0
 
 
 def run_cases(cases: list, work: Path, workers: int = 2, timeout: float = CASE_TIMEOUT_S) -> list[dict]:
-    """Every case's record, running ``workers`` worker processes over interleaved shares of the cases."""
+    """Every case's record, ``workers`` worker processes each running an interleaved share of the cases.
+
+    The per-case time limit is enforced twice: by the worker's own watchdog thread, and from here (a
+    regular expression backtracking in C holds the GIL, so no thread of the worker runs): a worker
+    silent for ``timeout`` + 15 s is killed, its case recorded as a hang, and a new one goes on."""
     shares = [[c.as_dict() for c in cases[i::workers]] for i in range(workers)]
+    results: list[list[dict]] = [[] for _ in shares]
+    threads = [threading.Thread(target=_run_share, args=(share, work / f"cases_{i}.json", timeout, results[i]))
+               for i, share in enumerate(shares)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [r for share in results for r in share]
+
+
+def _run_share(share: list[dict], path: Path, timeout: float, records: list[dict]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([os.environ.get("SCDPO_FUZZ_TRAINER") or str(REPO / "trainer"),
                                           os.environ.get("PYTHONPATH", "")])}
-    starts = [0] * workers
-    records: list[dict] = []
-    while True:
-        procs = {}
-        for i, share in enumerate(shares):
-            if starts[i] < len(share):
-                path = work / f"cases_{i}.json"
-                path.write_text(json.dumps(share))
-                procs[i] = subprocess.Popen([sys.executable, str(HERE / "fuzz_worker.py"), str(path), str(starts[i]),
-                                             str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            env=env, cwd=work, text=True)
-        if not procs:
-            return records
-        for i, proc in procs.items():
-            out, err = proc.communicate()
-            done = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            records += done
-            starts[i] += len(done)
-            if proc.returncode not in (0, 3, 4) and starts[i] < len(shares[i]):  # died without its line
-                case = shares[i][starts[i]]
-                records.append({"id": case["id"], "loader": case["loader"], "outcome": "crash",
-                                "message": f"exit {proc.returncode}: {err[-300:]}", "seconds": 0, "peak_rss_mb": 0,
-                                "file_bytes": 0})
-                starts[i] += 1
+    path.write_text(json.dumps(share))
+    start = 0
+    while start < len(share):
+        proc = subprocess.Popen([sys.executable, str(HERE / "fuzz_worker.py"), str(path), str(start), str(timeout)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=path.parent)
+        lines: queue.Queue = queue.Queue()
+        stderr: list[bytes] = []
+
+        def pump(stream=proc.stdout, lines=lines):
+            for line in stream:
+                lines.put(line)
+            lines.put(None)  # the worker's end
+
+        threading.Thread(target=pump, daemon=True).start()
+        threading.Thread(target=lambda p=proc, e=stderr: e.append(p.stderr.read()), daemon=True).start()
+        wait = timeout + 120  # until the worker says "ready": its imports
+        while start < len(share):
+            try:
+                line = lines.get(timeout=wait)
+            except queue.Empty:  # silent past the limit: killed from outside, its case is a hang
+                proc.kill()
+                proc.wait()
+                records.append(_record(share[start], "hang", f"no answer after {timeout:.0f} s (killed)"))
+                start += 1
+                break
+            if line is None:  # the worker ended: after a hang/memory line (exit 3/4), or it crashed
+                proc.wait()
+                if proc.returncode not in (3, 4):
+                    records.append(_record(share[start], "crash", f"exit {proc.returncode}: "
+                                                                   f"{b''.join(stderr)[-300:]!r}"))
+                    start += 1
+                break
+            if line.startswith(b"{"):
+                records.append(json.loads(line))
+                start += 1
+            if line.startswith((b"{", b"ready")):
+                wait = timeout + 15
+        else:
+            proc.wait()
+
+
+def _record(case: dict, outcome: str, message: str) -> dict:
+    return {"id": case["id"], "loader": case["loader"], "outcome": outcome, "message": message, "seconds": 0,
+            "peak_rss_mb": 0, "file_bytes": 0}
 
 
 def summary(records: list[dict]) -> str:
