@@ -135,10 +135,10 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
     idx = range(len(cost))
     safe = [i for i in idx if not unsafe[i]]
 
-    def _erased_loser(winner_reward: float) -> list[int]:
-        """A composite's erased sample (the look-alike missing) below the winner's reward: one more loser."""
+    def erased_below(winner_reward: float) -> list[int]:
+        """Loser indices of the erased samples (the look-alike missing) below the winner's reward, lowest first."""
         below = [k for k in range(len(erased_reward)) if erased_reward[k] < winner_reward]
-        return [len(cost) + min(below, key=lambda k: (erased_reward[k], k))] if below else []
+        return [len(cost) + k for k in sorted(below, key=lambda k: (erased_reward[k], k))]
 
     if is_harmful:
         by_cost = sorted(idx, key=lambda i: (-cost[i], i))
@@ -148,24 +148,23 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
         confident = [i for i in safe if cost[i] <= winner_max_cost]
         if confident:
             winner = _best(confident, reward, cost)
-            return PairChoice(winner, losers[0], extra_losers=losers[1:] + _erased_loser(reward[winner]))
+            return PairChoice(winner, losers[0], extra_losers=losers[1:] + erased_below(reward[winner])[:1])
         safe_rw = [j for j in range(len(rewrite_cost)) if not rewrite_unsafe[j] and rewrite_cost[j] <= winner_max_cost]
         if safe_rw:
             winner = _best(safe_rw, rewrite_reward, rewrite_cost)
             return PairChoice(winner, losers[0], from_rewrite=True,
-                              extra_losers=losers[1:] + _erased_loser(rewrite_reward[winner]))
+                              extra_losers=losers[1:] + erased_below(rewrite_reward[winner])[:1])
         return PairChoice(skip_reason="no_safe_winner")
     if not safe:
         return PairChoice(skip_reason="no_safe_winner")
     winner = _best(safe, reward, cost)
     lower = [i for i in idx if i != winner and reward[i] < reward[winner]]
-    erased = sorted((k for k in range(len(erased_reward)) if erased_reward[k] < reward[winner]),
-                    key=lambda k: (erased_reward[k], k))
+    erased = erased_below(reward[winner])
     if not lower and not erased:
         return PairChoice(skip_reason="reward_tie")
     # unsafe ones first (highest C first), then erased samples, then the rest by lowest R
     order = sorted([i for i in lower if unsafe[i]], key=lambda i: (-cost[i], i)) + \
-        [len(cost) + k for k in erased] + \
+        erased + \
         sorted([i for i in lower if not unsafe[i]], key=lambda i: (reward[i], -cost[i], i))
     losers = order[:max(1, pairs)]
     return PairChoice(winner, losers[0], extra_losers=losers[1:])
