@@ -50,7 +50,7 @@ def run_search(out: str | Path, plan, grid: SearchGrid = SearchGrid(), methods=M
     """Train and validate every (method, β, lr, steps) of ``grid`` on the demo's data under ``out``
     (the cost model and SCP data must exist: run the demo's first two stages). Resumes: rows already
     in ``search.json`` and LoRAs already written are reused."""
-    from .demo import method_options, train_stage
+    from .demo import _categories, method_options, train_stage
     from .dpo.commands import merge_expert_files
     from .evaluation.baselines import GenerationMethod, lora_method
     from .evaluation.harness import EvalConfig, evaluate_methods
@@ -113,9 +113,3 @@ def run_search(out: str | Path, plan, grid: SearchGrid = SearchGrid(), methods=M
 def _run(stage) -> None:
     if not stage.done():
         stage.run()
-
-
-def _categories() -> list[str]:
-    from .toy.world import CATEGORIES
-
-    return list(CATEGORIES)
