@@ -158,8 +158,11 @@ def test_diffusers_folder_loads_the_same_model(tiny, tiny_fp32, tmp_path):
 
 def test_scdpo_train_on_cached_inputs_matches_encoding_every_step(tiny, tmp_path, monkeypatch):
     """`scdpo train` on an SD model: latents + text embeddings (SDXL: pooled + size ids) encoded once
-    give the LoRA of encoding every step; a model the trainer loads itself loses its encoders."""
+    give the LoRA of encoding every step. Loading its own model, the trainer first loads the encoders
+    alone (no UNet), encodes, releases them, then loads the UNet alone (no encoders); a resumed run
+    whose inputs are saved skips the encoders altogether."""
     import scdpo.models
+    import scdpo.sd.loader as loader
     from scdpo.dpo import TrainConfig, train_lora
 
     family, cfg, ckpt = tiny
@@ -168,24 +171,83 @@ def test_scdpo_train_on_cached_inputs_matches_encoding_every_step(tiny, tmp_path
                  loser=torch.rand(32, 32, 3, generator=g), winner_cost=-2.0, loser_cost=2.0 if k % 2 else -1.0,
                  is_harmful=bool(k % 2), category="nudity" if k % 2 else None)
             for k, w in enumerate(["cat", "dog", "cat", "house", "tree", "dog"])]
-    loaded = []
+    calls, loaded = [], []
+    real_model, real_unet = loader.load_sd_model, loader.load_sd_unet
 
-    def load(spec, device=None, dtype=None):
-        loaded.append(load_sd_model(ckpt, "cpu", torch.float32, config_dir=cfg))
+    def load_model(spec, device="cpu", dtype=None, config_dir=None, unet=True):
+        calls.append(("model" if unet else "encoders", dtype))
+        loaded.append(real_model(spec, device, dtype, config_dir=cfg, unet=unet))
         return loaded[-1]
 
-    monkeypatch.setattr(scdpo.models, "load_base_model", load)
+    def load_unet(spec, device="cpu", dtype=None, config_dir=None):
+        calls.append(("unet", dtype))
+        loaded.append(real_unet(spec, device, dtype, config_dir=cfg))
+        return loaded[-1]
+
+    monkeypatch.setattr(loader, "load_sd_model", load_model)
+    monkeypatch.setattr(loader, "load_sd_unet", load_unet)
+    monkeypatch.setattr(scdpo.models, "load_base_model", lambda spec, device=None, dtype=None: load_model(spec, device, dtype))
     opts = dict(base=str(ckpt), steps=3, batch_size=2, rank=4, alpha=4.0, lr=1e-3, warmup_steps=1, beta=2500.0,
-                checkpoint_every=0, prompt_dropout=0.3, seed=1)
+                checkpoint_every=0, prompt_dropout=0.3, seed=1, base_dtype="fp32")
     cached = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="cached", **opts), dataset=rows, progress=False))
-    owned = loaded[-1]
-    assert all(p.device.type == "meta" for m in owned.encoder_modules() for p in m.parameters())
+    assert calls == [("encoders", torch.float32), ("unet", torch.float32)]
+    assert loaded[0].unet is None and loaded[1].vae is None and loaded[1].text_encoders == []
+    calls.clear()
     plain = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="plain", cache_inputs=False, **opts),
                                  dataset=rows, progress=False))
-    assert all(p.device.type == "cpu" for m in loaded[-1].encoder_modules() for p in m.parameters())
+    assert calls == [("model", torch.float32)]
     assert set(cached.tensors) == set(plain.tensors)
     assert cached.metadata["ss_base_model_version"] == plain.metadata["ss_base_model_version"]
     for k, v in plain.tensors.items():
         if v.abs().max() > 0:
             assert float((cached.tensors[k] - v).norm() / v.norm()) < 1e-2, k
     assert sum(float(v.abs().sum()) for k, v in cached.tensors.items() if "lora_up" in k) > 0
+
+    # killed after step 1: the rerun reads the saved inputs and loads the UNet alone
+    calls.clear()
+    train_lora(TrainConfig(out=str(tmp_path), name="resumed", **opts), dataset=rows, progress=False, stop_after=1)
+    calls.clear()
+    resumed = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="resumed", **opts), dataset=rows, progress=False))
+    assert calls == [("unet", torch.float32)]
+    for k, v in cached.tensors.items():
+        torch.testing.assert_close(resumed.tensors[k], v)
+
+
+def test_bf16_base_trains_the_lora_of_an_fp32_base(tiny, tmp_path, monkeypatch):
+    """base_dtype auto on a CPU stores the frozen UNet in bf16; the LoRA (fp32, as are its gradients
+    and optimiser state) ends within a few per cent of the fp32 run's."""
+    import scdpo.sd.loader as loader
+    from scdpo.dpo import TrainConfig, train_lora
+    from scdpo.dpo.train import summary_of
+
+    family, cfg, ckpt = tiny
+    real_model, real_unet = loader.load_sd_model, loader.load_sd_unet
+    dtypes = []
+
+    def load_unet(spec, device="cpu", dtype=None, config_dir=None):
+        dtypes.append(dtype)
+        return real_unet(spec, device, dtype, config_dir=cfg)
+
+    monkeypatch.setattr(loader, "load_sd_model", lambda spec, device="cpu", dtype=None, config_dir=None, unet=True:
+                        real_model(spec, device, dtype, config_dir=cfg, unet=unet))
+    monkeypatch.setattr(loader, "load_sd_unet", load_unet)
+    g = torch.Generator().manual_seed(0)
+    rows = [dict(prompt=f"a photo of a {w}", winner=torch.rand(32, 32, 3, generator=g),
+                 loser=torch.rand(32, 32, 3, generator=g), winner_cost=-2.0, loser_cost=2.0, is_harmful=True,
+                 category="nudity") for w in ["cat", "dog", "house", "tree"]]
+    opts = dict(base=str(ckpt), steps=4, batch_size=2, rank=4, alpha=4.0, lr=1e-3, warmup_steps=1, beta=2500.0,
+                checkpoint_every=0, seed=1)
+    ref = train_lora(TrainConfig(out=str(tmp_path), name="fp32", base_dtype="fp32", **opts), dataset=rows, progress=False)
+    half = train_lora(TrainConfig(out=str(tmp_path), name="auto", **opts), dataset=rows, progress=False)
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert summary_of(half)["base_dtype"] == "bf16" and summary_of(ref)["base_dtype"] == "fp32"
+    a, b = load_lora(ref), load_lora(half)
+    assert all(b.tensors[k].dtype == v.dtype for k, v in a.tensors.items())
+    up = sorted(k for k in a.tensors if "lora_up" in k)
+    flat_a = torch.cat([a.tensors[k].float().flatten() for k in up])
+    flat_b = torch.cat([b.tensors[k].float().flatten() for k in up])
+    cosine = float(torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0))
+    print(f"bf16 vs fp32 base: LoRA cosine {cosine:.4f}, loss {summary_of(half)['loss_ema']:.5f} vs "
+          f"{summary_of(ref)['loss_ema']:.5f}")
+    assert cosine > 0.8
+    assert abs(summary_of(half)["loss_ema"] - summary_of(ref)["loss_ema"]) < 0.05

@@ -28,6 +28,16 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
     return torch.device(device)
 
 
+def is_toy_base(spec: Optional[str]) -> bool:
+    """Whether ``spec`` names the toy world's base model (the shipped one or a toy checkpoint file)."""
+    from .toy.model import is_toy_checkpoint
+
+    if spec in (None, "", "toy"):
+        return True
+    path = Path(spec)
+    return path.is_file() and is_toy_checkpoint(path)
+
+
 def load_base_model(spec: Optional[str] = None, device: Optional[str] = None, dtype: Optional[torch.dtype] = None
                     ) -> TextToImageModel:
     from .toy.model import ToyTextToImage, is_toy_checkpoint, shipped_toy_weights

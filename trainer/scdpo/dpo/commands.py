@@ -76,9 +76,9 @@ def _train(args) -> int:
 
     cfg = config_from_args(args)
     path = train_lora(cfg, progress=not args.quiet)
-    from accelerate import PartialState
+    from .runtime import is_main_process
 
-    if PartialState().is_main_process:
+    if is_main_process():
         s = summary_of(path)
         print(f"wrote {path} ({cfg.method}; {s.get('steps')} steps, loss {s.get('loss_ema', float('nan')):.4f}, "
               f"implicit accuracy {s.get('implicit_accuracy_ema', float('nan')):.2f})")

@@ -25,6 +25,7 @@ PROJ_MODULES = ["proj_in", "proj_out"]
 FF_MODULES = ["ff.net.0.proj", "ff.net.2"]
 LR_SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 TOY_ORACLE_DATA = "toy-oracle"
 
@@ -77,6 +78,7 @@ class TrainConfig:
     shift_augment: float = 0.0  # share of harmful pairs trained with winner and loser moved sideways together
     shift_fraction: float = 0.25  # largest such move, as a share of the image width
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
+    base_dtype: str = "auto"  # frozen base weights: auto (bf16; fp16 on GPUs without bf16; fp32 for the toy) | fp32 | bf16 | fp16
     gradient_checkpointing: bool = False
     cache_inputs: bool = True  # encode latents + text embeddings once before training; encoders leave the GPU
     cpu: bool = False  # force CPU even if a GPU is present
@@ -147,7 +149,7 @@ class TrainConfig:
         if self.adversarial_share > 0 and not self.cache_inputs:
             raise bad("adversarial_share needs the encoded inputs: drop --no-cache-inputs")
         for key, allowed in (("lr_schedule", LR_SCHEDULES), ("mixed_precision", MIXED_PRECISION),
-                             ("optimizer", OPTIMIZERS)):
+                             ("base_dtype", BASE_DTYPES), ("optimizer", OPTIMIZERS)):
             if getattr(self, key) not in allowed:
                 raise bad(f"{key} must be one of {', '.join(allowed)} (got {getattr(self, key)!r})")
         if not self.target_modules:
@@ -251,6 +253,9 @@ _HELP = {
                      "than the loser merely made unlikely (0 = off; see docs/method.md)",
     "target_modules": "comma-separated module names to adapt",
     "mixed_precision": "auto | no | fp16 | bf16 (auto: bf16/fp16 on CUDA, off on CPU)",
+    "base_dtype": "dtype of the frozen base UNet's weights: auto | fp32 | bf16 | fp16; the LoRA, its gradients, "
+                  "the optimiser and the loss stay fp32 (auto: bf16 on CPUs and GPUs that have it, fp16 on older "
+                  "GPUs, fp32 for the toy model)",
     "optimizer": "adamw | adamw8bit (needs bitsandbytes)",
     "lr_schedule": "constant | cosine | linear, after linear warm-up",
     "resume": "continue from <out>/<name>.state.safetensors if it exists (--no-resume starts over)",

@@ -20,12 +20,13 @@ follows the same trajectory (up to the float rounding of encoding in other batch
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -241,18 +242,23 @@ def pair_texts(dataset, i: int) -> tuple[str, Optional[str], Optional[float]]:
     return str(row["prompt"]), row.get("safe_prompt"), row.get("concept_push")
 
 
-def inputs_fingerprint(model: TextToImageModel, dataset, indices: Sequence[int], data: str) -> str:
+def model_identity(model: TextToImageModel) -> list[str]:
+    """What encoded inputs depend on of the model that encoded them: its id, version and dtype."""
+    return [str(getattr(model, "model_id", "")), model.base_model_version, str(model.dtype)]
+
+
+def inputs_fingerprint(model: TextToImageModel | Sequence[str], dataset, indices: Sequence[int], data: str) -> str:
     """What the encoded inputs depend on: the dataset (source, size, file stamp, prompts of the
-    selected pairs), the selection, and the base model (id, version, dtype)."""
+    selected pairs), the selection, and the base model (id, version, dtype; a model or its
+    :func:`model_identity`, which the trainer knows before loading anything)."""
+    identity = list(model) if isinstance(model, (list, tuple)) else model_identity(model)
     source: dict = {"data": str(data), "n": len(dataset)}
     folder = Path(str(data))
     if folder.exists():
         files = [folder] if folder.is_file() else sorted(folder.glob("*.parquet")) + sorted(folder.glob("*.json"))
         source["files"] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     h = hashlib.sha256(json.dumps({
-        "format": FORMAT_VERSION, "source": source, "model": [str(getattr(model, "model_id", "")),
-                                                              model.base_model_version, str(model.dtype)],
-    }, sort_keys=True).encode())
+        "format": FORMAT_VERSION, "source": source, "model": identity}, sort_keys=True).encode())
     for i in indices:
         prompt, safe, push = pair_texts(dataset, i)
         h.update(f"{i}\t{prompt}\t{safe}\t{push}\n".encode())
@@ -299,16 +305,45 @@ def encode_pairs(model: TextToImageModel, dataset, indices: Sequence[int], chunk
                         torch.tensor(push, dtype=torch.float32))
 
 
-def encoded_inputs(model: TextToImageModel, dataset, indices: Sequence[int], path: Path, data: str,
-                   progress: bool = True) -> EncodedPairs:
-    """The run's inputs from ``path`` when it holds them for this data and model; else encoded and saved."""
-    fingerprint = inputs_fingerprint(model, dataset, indices, data)
-    if path.exists():
-        cached = EncodedPairs.load(path, fingerprint)
-        if cached is not None:  # the fingerprint covers the selected indices
-            log.info("read encoded inputs of %d pairs from %s", len(cached), path)
+def saved_inputs(path: Path, fingerprint: str) -> Optional[EncodedPairs]:
+    """The inputs saved at ``path`` for ``fingerprint``, or None (no file, or one for other inputs)."""
+    if not path.exists():
+        return None
+    cached = EncodedPairs.load(path, fingerprint)
+    if cached is not None:  # the fingerprint covers the selected indices
+        log.info("read encoded inputs of %d pairs from %s", len(cached), path)
+    return cached
+
+
+def encoded_inputs(model: TextToImageModel | Callable[[], TextToImageModel], dataset, indices: Sequence[int],
+                   path: Path, data: str, progress: bool = True,
+                   identity: Optional[Sequence[str]] = None) -> EncodedPairs:
+    """The run's inputs from ``path`` when it holds them for this data and model; else encoded and saved.
+
+    ``model`` may be a function that loads the encoders only when encoding is needed (then
+    ``identity``, the :func:`model_identity` of the model they belong to, is required); what it
+    loaded is released before this returns."""
+    if callable(model) and not isinstance(model, TextToImageModel):
+        if identity is None:
+            raise ValueError("encoded_inputs with a model loader needs the model's identity")
+        fingerprint = inputs_fingerprint(identity, dataset, indices, data)
+        cached = saved_inputs(path, fingerprint)
+        if cached is not None:
             return cached
-    inputs = encode_pairs(model, dataset, indices, progress=progress)
+        encoders = model()
+        try:
+            inputs = encode_pairs(encoders, dataset, indices, progress=progress)
+        finally:
+            del encoders
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    else:
+        fingerprint = inputs_fingerprint(model, dataset, indices, data)
+        cached = saved_inputs(path, fingerprint)
+        if cached is not None:
+            return cached
+        inputs = encode_pairs(model, dataset, indices, progress=progress)
     inputs.save(path, fingerprint)
     log.info("encoded %d pairs (%.1f MiB) into %s", len(inputs), inputs.nbytes() / 2**20, path)
     return inputs
@@ -340,4 +375,4 @@ def encoders_parked(model: TextToImageModel, free: bool) -> Iterator[None]:
 
 
 __all__ = ["EncodedPairBatch", "EncodedPairs", "encode_pairs", "encoded_inputs", "encoders_parked",
-           "inputs_fingerprint", "pair_texts"]
+           "inputs_fingerprint", "model_identity", "pair_texts", "saved_inputs"]

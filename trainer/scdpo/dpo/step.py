@@ -103,9 +103,18 @@ def adapters_disabled(unet: torch.nn.Module) -> Iterator[None]:
         yield
 
 
+def base_weight_dtype(unet: torch.nn.Module) -> torch.dtype:
+    """The dtype of the frozen base weights (the first parameter that is not a LoRA's)."""
+    return next(p.dtype for n, p in unet.named_parameters() if ".lora_" not in n)
+
+
 def unet_call(unet: torch.nn.Module) -> UNetCall:
+    """``unet`` as a :data:`UNetCall`; inputs are cast to the base weights' dtype (a bf16 base gets bf16
+    latents and embeddings; the LoRA layers compute in their own fp32)."""
+    dtype = base_weight_dtype(unet)
+
     def call(noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        return unet(noisy, timesteps, **cond.unet_kwargs(), return_dict=False)[0]
+        return unet(noisy.to(dtype), timesteps, **cond.to(dtype=dtype).unet_kwargs(), return_dict=False)[0]
 
     return call
 

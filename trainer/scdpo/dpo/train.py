@@ -32,6 +32,7 @@ from ..fileio import ensure_writable_dir
 from ..lora import load_lora, peft_unet_to_kohya, remove_lora, save_lora
 from .config import TOY_ORACLE_DATA, TrainConfig, save_train_config
 from .inputs import encoded_inputs, encoders_parked, pair_texts
+from .runtime import dtype_name, make_accelerator, resolve_base_dtype
 from .pairs import PairOrder, collate_pairs, load_pair_dataset, select_pairs
 from .step import (TRAIN_ADAPTER, attach_training_lora, disabled_adapter_reference, dpo_batch_loss,
                    lora_named_parameters, unet_call)
@@ -155,12 +156,42 @@ def _training_metadata(cfg: TrainConfig, model, summary: dict[str, Any], started
     return meta
 
 
-def _load_base_model(cfg: TrainConfig, accelerator, mixed_precision: str):
-    """The base model of ``cfg.base`` on the training device, in the mixed-precision dtype."""
+def _load_base_model(cfg: TrainConfig, device: torch.device, base_dtype: torch.dtype):
+    """The whole base model of ``cfg.base`` on the training device, its UNet in ``base_dtype``."""
     from ..models import load_base_model
 
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-    return load_base_model(cfg.base, device=str(accelerator.device), dtype=weight_dtype)
+    model = load_base_model(cfg.base, device=str(device), dtype=base_dtype)
+    if model.dtype != base_dtype:  # the toy loader keeps its stored fp32
+        model.unet.to(dtype=base_dtype)
+    return model
+
+
+def _unet_on_encoded_inputs(cfg: TrainConfig, accelerator, base_dtype: torch.dtype, dataset, indices: list[int],
+                            inputs_path: Path, progress: bool):
+    """An SD model's UNet alone, and its batch source, for training on cached inputs.
+
+    Two phases, so the process never holds the encoders and the UNet at once: the text encoders
+    and VAE are loaded (unless ``inputs_path`` already holds these inputs), encode every pair,
+    and are released; then the UNet alone is loaded (:func:`~scdpo.sd.loader.load_sd_unet`)."""
+    from ..sd.configs import FAMILY_VERSIONS
+    from ..sd.detect import inspect_base_model
+    from ..sd.loader import load_sd_model, load_sd_unet
+
+    info = inspect_base_model(cfg.base)
+    device = accelerator.device
+    identity = [info.path.stem, FAMILY_VERSIONS[info.family], str(base_dtype)]
+    with accelerator.main_process_first():
+        inputs = encoded_inputs(lambda: load_sd_model(cfg.base, device=device, dtype=base_dtype, unet=False),
+                                dataset, indices, inputs_path, cfg.data,
+                                progress=progress and accelerator.is_main_process, identity=identity)
+    _check_directions(cfg, inputs)
+    return load_sd_unet(cfg.base, device=device, dtype=base_dtype), inputs.batch
+
+
+def _check_directions(cfg: TrainConfig, inputs) -> None:
+    if cfg.concept_augment > 0 and not any(bool(d.abs().sum() > 0) for d in inputs.concept_directions().values()):
+        log.warning("concept augmentation has no direction to push along: the selected harmful pairs need a "
+                    "safe_prompt (their safe rewrite) or clean / near-miss pairs to compare with")
 
 
 def _batch_source(cfg: TrainConfig, accelerator, model, dataset, indices: list[int], inputs_path: Path,
@@ -171,9 +202,7 @@ def _batch_source(cfg: TrainConfig, accelerator, model, dataset, indices: list[i
         with accelerator.main_process_first():
             inputs = encoded_inputs(model, dataset, indices, inputs_path, cfg.data,
                                     progress=progress and accelerator.is_main_process)
-        if cfg.concept_augment > 0 and not any(bool(d.abs().sum() > 0) for d in inputs.concept_directions().values()):
-            log.warning("concept augmentation has no direction to push along: the selected harmful pairs need a "
-                        "safe_prompt (their safe rewrite) or clean / near-miss pairs to compare with")
+        _check_directions(cfg, inputs)
         return inputs.batch
     attack = sum(1 for i in indices if pair_texts(dataset, i)[2])
     if attack:
@@ -270,12 +299,13 @@ class _TrainingRun:
               progress: bool) -> int:
         """Optimiser steps from where the run stands to ``cfg.steps`` (at most ``stop_after`` of them),
         logging and checkpointing on the way; returns the number of steps done."""
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
+
+        from ..eventlog import EventWriter
 
         cfg, main = self.cfg, self.accelerator.is_main_process
         end = cfg.steps if stop_after is None else min(cfg.steps, self.start + max(0, stop_after))
-        writer = SummaryWriter(str(self.paths["logs"]), purge_step=self.start) if main else None
+        writer = EventWriter(self.paths["logs"], purge_step=self.start) if main else None
         bar = tqdm(total=cfg.steps, initial=self.start, desc=f"{cfg.method} {cfg.name}", unit="step",
                    disable=not (progress and main), dynamic_ncols=True)
         self.resumed_at = time.time()
@@ -365,7 +395,8 @@ class _TrainingRun:
         summary = {
             "steps": cfg.steps, "pairs": n_pairs, "pairs_seen": cfg.steps * cfg.grad_accum * cfg.batch_size * world,
             "total_batch_size": cfg.batch_size * cfg.grad_accum * world, "world_size": world,
-            "mixed_precision": mixed_precision, "seconds": round(self.seconds(), 1),
+            "mixed_precision": mixed_precision, "base_dtype": dtype_name(self.model.dtype),
+            "seconds": round(self.seconds(), 1),
             **{f"{k}_ema": round(float(v), 6) for k, v in self.ema.values.items()},
         }
         if self.accelerator.is_main_process:
@@ -390,22 +421,33 @@ def train_lora(config: TrainConfig, model=None, dataset=None, *, progress: bool 
     dataset (default: from ``config.data``). ``stop_after``: stop after this many optimiser steps of this call,
     leaving only the checkpoint (tests use it to simulate an interruption); the state path is returned.
     """
-    from accelerate import Accelerator
-
     cfg = config.validate()
     mixed_precision = resolve_mixed_precision(cfg)
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=mixed_precision)
+    accelerator = make_accelerator(cfg.cpu, mixed_precision)
     paths = output_paths(cfg)
     if accelerator.is_main_process:
         ensure_writable_dir(paths["lora"].parent)
 
-    owns_model = model is None
-    if owns_model:
-        model = _load_base_model(cfg, accelerator, mixed_precision)
     dataset = dataset if dataset is not None else load_pair_dataset(cfg)
     indices = select_pairs(dataset, cfg.categories, cfg.clean_pairs)
     order = PairOrder(indices, cfg.seed)
-    make_batch = _batch_source(cfg, accelerator, model, dataset, indices, paths["inputs"], progress)
+    owns_model = model is None
+    make_batch = None
+    if owns_model:
+        from ..models import is_toy_base
+
+        toy = is_toy_base(cfg.base)
+        base_dtype = resolve_base_dtype(cfg.base_dtype, accelerator.device, toy)
+        if cfg.cache_inputs and not toy:
+            model, make_batch = _unet_on_encoded_inputs(cfg, accelerator, base_dtype, dataset, indices,
+                                                        paths["inputs"], progress)
+        else:
+            model = _load_base_model(cfg, accelerator.device, base_dtype)
+    elif cfg.base_dtype != "auto" and resolve_base_dtype(cfg.base_dtype, model.device, False) != model.dtype:
+        raise ScdpoError(f"base_dtype {cfg.base_dtype}: the model passed in is {dtype_name(model.dtype)}; a model "
+                         "passed to train_lora trains in its own dtype (leave base_dtype at auto)")
+    if make_batch is None:
+        make_batch = _batch_source(cfg, accelerator, model, dataset, indices, paths["inputs"], progress)
 
     unet = model.unet
     unet.to(accelerator.device)

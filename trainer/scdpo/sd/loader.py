@@ -15,13 +15,16 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
 from ..errors import ScdpoError, WeightsFormatError
+from ..limits import read_json_file
 from .configs import config_dir as shipped_config_dir
 from .detect import SD1_TEXT_PREFIX, BaseModelInfo, inspect_base_model
+
+SD_UNET_PREFIX = "model.diffusion_model."
 from .model import SDTextToImage
 from .tokenizers import clip_tokenizer
 
@@ -96,13 +99,15 @@ def _legacy_sd1_text_encoder(info: BaseModelInfo, dtype: torch.dtype, config_dir
     return model.to(dtype)
 
 
-def _load_single_file(info: BaseModelInfo, dtype: torch.dtype, config_dir: Path):
+def _load_single_file(info: BaseModelInfo, dtype: torch.dtype, config_dir: Path, with_unet: bool = True):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     kwargs = dict(
         config=str(config_dir), local_files_only=True, torch_dtype=dtype,
         tokenizer=clip_tokenizer(), scheduler=_scheduler(config_dir),
     )
+    if not with_unet:
+        kwargs["unet"] = None  # diffusers skips a component passed as None
     if info.legacy_text_encoder:
         kwargs["text_encoder"] = _legacy_sd1_text_encoder(info, dtype, config_dir)
     if info.family == "sdxl":
@@ -116,15 +121,23 @@ def _load_single_file(info: BaseModelInfo, dtype: torch.dtype, config_dir: Path)
     return pipe.unet, pipe.vae, encoders, tokenizers, pipe.scheduler
 
 
-def _load_folder(info: BaseModelInfo, dtype: torch.dtype):
+def _folder_variant(root: Path) -> Optional[str]:
+    """``"fp16"`` for a folder that holds only ``*.fp16.safetensors`` UNet weights, else None."""
+    only_fp16 = list((root / "unet").glob("*.fp16.safetensors")) and not list(
+        (root / "unet").glob("diffusion_pytorch_model.safetensors"))
+    return "fp16" if only_fp16 else None
+
+
+def _load_folder(info: BaseModelInfo, dtype: torch.dtype, with_unet: bool = True):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     root = info.path
     common = dict(local_files_only=True, torch_dtype=dtype, use_safetensors=True)
-    variant = "fp16" if list((root / "unet").glob("*.fp16.safetensors")) and not list(
-        (root / "unet").glob("diffusion_pytorch_model.safetensors")) else None
-    unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", variant=variant, **common)
+    variant = _folder_variant(root)
+    unet = None
+    if with_unet:
+        unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", variant=variant, **common)
     vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", variant=variant, **common)
     names = ["text_encoder", "text_encoder_2"] if info.family == "sdxl" else ["text_encoder"]
     classes = [CLIPTextModel, CLIPTextModelWithProjection]
@@ -147,24 +160,46 @@ def load_sd_model(
     device: torch.device | str = "cpu",
     dtype: Optional[torch.dtype] = None,
     config_dir: Optional[str | Path] = None,
+    unet: bool = True,
 ) -> SDTextToImage:
     """Load an SD 1.x / SDXL base model, frozen, in eval mode, on ``device``.
 
     ``dtype`` None keeps the stored dtype of the UNet weights. ``config_dir`` overrides the
     shipped config folder for single files of a non-standard size (a folder laid out like
-    ``scdpo/configs/sd15``). Raises :class:`~scdpo.errors.InputFileError`,
-    :class:`~scdpo.errors.WeightsFormatError` or :class:`~scdpo.errors.IncompatibleModelError`.
+    ``scdpo/configs/sd15``). ``unet=False`` loads the text encoders and VAE only (``model.unet`` is
+    None): what encoding training inputs needs (:func:`load_sd_unet` loads the other half).
+    Raises :class:`~scdpo.errors.InputFileError`, :class:`~scdpo.errors.WeightsFormatError` or
+    :class:`~scdpo.errors.IncompatibleModelError`.
     """
     info = inspect_base_model(path)
     dtype = dtype or info.dtype
     cfg = Path(config_dir) if config_dir else shipped_config_dir(info.family)
     log.info("loading %s (%s, %s, %s)", info.path, info.family, info.layout, str(dtype).replace("torch.", ""))
+    with _load_errors(info):
+        if info.layout == "single_file":
+            parts = _load_single_file(info, dtype, cfg, with_unet=unet)
+        else:
+            parts = _load_folder(info, dtype, with_unet=unet)
+    unet_module, vae, encoders, tokenizers, scheduler = parts
+    components = {"VAE": vae, **{f"text encoder {i + 1}": e for i, e in enumerate(encoders)}}
+    if unet_module is not None:
+        components["UNet"] = unet_module
+    _check_materialised(info.path, components)
+    model = SDTextToImage(info.family, unet_module, vae, encoders, tokenizers, _training_scheduler(scheduler),
+                          model_id=info.path.stem)
+    if unet_module is None:  # SDXL's size conditioning defaults to the UNet's native size
+        model.default_size = _unet_sample_size(info, cfg) * model.vae_scale_factor
+    for module in components.values():
+        module.requires_grad_(False).eval()
+    return model.to(device=torch.device(device), dtype=dtype)
+
+
+@contextlib.contextmanager
+def _load_errors(info: BaseModelInfo) -> Iterator[None]:
+    """Offline for the duration of a load; a library error becomes one line naming the file."""
     try:
         with _offline():
-            if info.layout == "single_file":
-                parts = _load_single_file(info, dtype, cfg)
-            else:
-                parts = _load_folder(info, dtype)
+            yield
     except ScdpoError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -172,12 +207,69 @@ def load_sd_model(
             f"{info.path} could not be loaded as an {info.family.upper()} model ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); check that it is a complete, standard checkpoint"
         ) from None
-    unet, vae, encoders, tokenizers, scheduler = parts
-    _check_materialised(info.path, {"UNet": unet, "VAE": vae, **{f"text encoder {i + 1}": e for i, e in enumerate(encoders)}})
+
+
+def _training_scheduler(scheduler):
     from diffusers import DDPMScheduler
 
-    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
-    model = SDTextToImage(info.family, unet, vae, encoders, tokenizers, noise_scheduler, model_id=info.path.stem)
-    for module in [unet, vae, *encoders]:
-        module.requires_grad_(False).eval()
+    return DDPMScheduler.from_config(scheduler.config)
+
+
+def _component_config(info: BaseModelInfo, config_dir: Path, name: str) -> dict:
+    """``<name>/config.json`` of a diffusers folder, or of the config folder a single file is read with."""
+    root = info.path if info.layout == "diffusers" else config_dir
+    data = read_json_file(root / name / "config.json", f"{name} config",
+                          "pass a complete diffusers folder or a standard single-file checkpoint", WeightsFormatError)
+    return data if isinstance(data, dict) else {}
+
+
+def _unet_sample_size(info: BaseModelInfo, config_dir: Path) -> int:
+    return int(_component_config(info, config_dir, "unet").get("sample_size", 64))
+
+
+def load_sd_unet(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    config_dir: Optional[str | Path] = None,
+) -> SDTextToImage:
+    """The UNet of an SD 1.x / SDXL base model alone (no VAE, no text encoder), frozen, in ``dtype``:
+    what training on encoded inputs needs (``model.vae`` is None, ``model.text_encoders`` empty).
+
+    A single file is read key by key (memory-mapped) and only its ``model.diffusion_model.*``
+    tensors are materialised, each cast to ``dtype`` as it is read, so the load never holds the
+    text encoders, the VAE or a second precision of the UNet. A diffusers folder loads ``unet/``
+    only. Errors as :func:`load_sd_model`.
+    """
+    from diffusers import UNet2DConditionModel
+
+    info = inspect_base_model(path)
+    dtype = dtype or info.dtype
+    cfg = Path(config_dir) if config_dir else shipped_config_dir(info.family)
+    log.info("loading the UNet of %s (%s, %s, %s)", info.path, info.family, info.layout, str(dtype).replace("torch.", ""))
+    with _load_errors(info):
+        if info.layout == "single_file":
+            from safetensors import safe_open
+
+            with safe_open(str(info.path), framework="pt") as f:
+                state = {k: _cast(f.get_tensor(k), dtype) for k in f.keys() if k.startswith(SD_UNET_PREFIX)}
+            unet = UNet2DConditionModel.from_single_file(state, config=str(cfg), subfolder="unet",
+                                                         local_files_only=True, torch_dtype=dtype)
+            del state
+            scheduler = _scheduler(cfg)
+        else:
+            unet = UNet2DConditionModel.from_pretrained(
+                str(info.path), subfolder="unet", variant=_folder_variant(info.path), local_files_only=True,
+                torch_dtype=dtype, use_safetensors=True)
+            has_scheduler = (info.path / "scheduler" / "scheduler_config.json").is_file()
+            scheduler = _scheduler(info.path if has_scheduler else shipped_config_dir(info.family))
+        scale = 2 ** (len(_component_config(info, cfg, "vae").get("block_out_channels", [0] * 4)) - 1)
+    _check_materialised(info.path, {"UNet": unet})
+    model = SDTextToImage(info.family, unet, None, [], [], _training_scheduler(scheduler), model_id=info.path.stem,
+                          vae_scale_factor=scale)
+    unet.requires_grad_(False).eval()
     return model.to(device=torch.device(device), dtype=dtype)
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor

@@ -24,7 +24,7 @@ class SDTextToImage(TextToImageModel):
     default_guidance = 7.5
 
     def __init__(self, family: str, unet, vae, text_encoders: Sequence, tokenizers: Sequence, noise_scheduler,
-                 model_id: str = "sd"):
+                 model_id: str = "sd", vae_scale_factor: Optional[int] = None):
         self.family = family
         self.base_model_version = FAMILY_VERSIONS[family]
         self.unet = unet
@@ -33,8 +33,24 @@ class SDTextToImage(TextToImageModel):
         self.tokenizers = list(tokenizers)
         self.noise_scheduler = noise_scheduler
         self.model_id = model_id
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.default_size = int(unet.config.sample_size) * self.vae_scale_factor
+        if vae_scale_factor is None:
+            vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = int(vae_scale_factor)
+        self.default_size = int(unet.config.sample_size) * self.vae_scale_factor if unet is not None else 0
+
+    @property
+    def _anchor(self) -> torch.nn.Module:
+        """The module whose parameters say where the model lives: the UNet, or for an encoders-only
+        model (see :func:`~scdpo.sd.loader.load_sd_model` ``unet=False``) the first text encoder."""
+        return self.unet if self.unet is not None else self.text_encoders[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._anchor.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self._anchor.parameters()).dtype
 
     # convenient names, as in diffusers pipelines
     @property
@@ -57,15 +73,17 @@ class SDTextToImage(TextToImageModel):
     def to(self, device=None, dtype=None) -> "SDTextToImage":
         """Move every component; ``dtype`` applies to UNet and text encoders. The VAE stays fp32 when
         its config asks for upcasting (SDXL's VAE overflows in fp16)."""
-        self.unet.to(device=device, dtype=dtype)
+        if self.unet is not None:
+            self.unet.to(device=device, dtype=dtype)
         for te in self.text_encoders:
             te.to(device=device, dtype=dtype)
-        vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else dtype
-        self.vae.to(device=device, dtype=vae_dtype)
+        if self.vae is not None:
+            vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else dtype
+            self.vae.to(device=device, dtype=vae_dtype)
         return self
 
     def encoder_modules(self) -> list[torch.nn.Module]:
-        return [*self.text_encoders, self.vae]
+        return [m for m in (*self.text_encoders, self.vae) if m is not None]
 
     # -- text
     def _token_ids(self, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
