@@ -16,7 +16,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -223,15 +223,18 @@ def read_safetensors_header(path: str | os.PathLike, what: str = "weights file")
 
 
 def load_safetensors(
-    path: str | os.PathLike, what: str = "weights file", device: str = "cpu"
+    path: str | os.PathLike, what: str = "weights file", device: str = "cpu",
+    keep: Optional[Callable[[str], bool]] = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load all tensors and the raw string metadata of a safetensors file, with clear errors."""
+    """Load the tensors (those whose name ``keep`` accepts, default all) and the raw string metadata of a
+    safetensors file, with clear errors."""
     header = read_safetensors_header(path, what)
     try:
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt", device=device) as f:
             for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+                if keep is None or keep(key):
+                    tensors[key] = f.get_tensor(key)
     except Exception as exc:  # safetensors raises several exception types for bad files
         raise WeightsFormatError(f"{what} {path} could not be read as safetensors ({exc}); re-export it") from None
     return tensors, dict(header.get("__metadata__", {}))

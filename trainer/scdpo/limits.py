@@ -25,9 +25,9 @@ limit                          value                      why this much
 =============================  =========================  ==================================================
 
 Architecture numbers a file may set are range-checked where its model is built (see
-:data:`UNET_RANGES`, :data:`TEXT_RANGES`, :data:`COST_RANGES`, :data:`TOY_ENCODER_RANGES` and
-``scdpo.cost.backbones.CLIP_VISION_RANGES``), and the model is then compared, shape by shape, with the
-tensors the file holds before it is allocated. Every error message is one line of at most
+:data:`UNET_RANGES`, :data:`TEXT_RANGES`, :data:`COST_RANGES`, :data:`TOY_ENCODER_RANGES`,
+``scdpo.cost.backbones.CLIP_VISION_RANGES`` and ``scdpo.cost.clip_model.TEXT_CONFIG_RANGES``), and the
+model is then compared, shape by shape, with the tensors the file holds before it is allocated. Every error message is one line of at most
 :data:`~scdpo.errors.MAX_MESSAGE_CHARS` (400) characters.
 """
 

@@ -4,8 +4,10 @@ An :class:`ImageEncoder` maps images to one embedding per image. Two kinds exist
 
 * the toy-world encoder (:mod:`scdpo.cost.toy_encoder`), the default for the toy world;
 * **CLIP vision** (:class:`ClipVisionEncoder`), loaded offline through transformers from a local
-  diffusers/transformers folder (``config.json`` + ``model.safetensors``) or from one
-  ``.safetensors`` file as ComfyUI keeps them in ``models/clip_vision/`` (ViT-L/14, ViT-H, bigG).
+  diffusers/transformers folder (``config.json`` + ``model.safetensors``), from one
+  ``.safetensors`` file as ComfyUI keeps them in ``models/clip_vision/`` (ViT-L/14, ViT-H, bigG), or
+  from the image tower of a full CLIP (a Hugging Face cache entry, an open_clip file): every form
+  :mod:`scdpo.cost.clip_files` reads. :class:`scdpo.cost.clip_model.ClipModel` adds the text tower.
 
 Images everywhere are ``[B,H,W,C]`` float 0..1 tensors, or a list of ``[H,W,C]`` tensors of
 different sizes; every encoder resizes to its own input size.
@@ -26,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import IncompatibleModelError, InputFileError, WeightsFormatError
-from ..fileio import load_safetensors, read_safetensors_header
-from ..limits import check_ranges, json_object, parse_json, read_json_file
+from ..errors import IncompatibleModelError, WeightsFormatError
+from ..fileio import read_safetensors_header
+from ..limits import check_ranges
 
 ImageBatch = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -211,74 +213,73 @@ def _vision_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def load_clip_vision(path: str | Path, device=None, dtype: Optional[torch.dtype] = None) -> ClipVisionEncoder:
-    """Load CLIP vision weights from a folder (``config.json`` + ``model.safetensors``) or from one
-    ``.safetensors`` file (config from its metadata key ``config`` if present, else from shapes)."""
+def build_clip_vision(tensors: dict[str, torch.Tensor], config: Optional[dict], where: str, source: str = "",
+                      hints: Optional[dict] = None) -> "ClipVisionEncoder":
+    """A :class:`ClipVisionEncoder` from vision tensors in transformers names. ``config``: a
+    ``CLIPVisionConfig`` dict (None: from the shapes, with ``hints`` for what shapes do not hold);
+    checked against the tensors, shape by shape, before the model is allocated. ``where`` names the
+    file in errors."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
-    path = Path(path)
-    what = "CLIP vision backbone"
-    config: Optional[dict] = None
-    if path.is_dir():
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            pickled = [p.name for p in path.glob("*.bin")]
-            hint = (f" (found {pickled[0]}, a pickled file that is never loaded; convert it to safetensors)"
-                    if pickled else "")
-            raise InputFileError(f"{what} folder {path} has no model.safetensors{hint}")
-        cfg_file = path / "config.json"
-        if cfg_file.is_file():
-            config = json_object(read_json_file(cfg_file, f"{what} config", "re-export the folder"),
-                                 f"{what} config {cfg_file}", "re-export the folder")
-            config = config.get("vision_config", config)  # a full CLIPConfig nests the vision part
-    elif path.is_file():
-        weights = path
-    else:
-        raise InputFileError(f"{what} not found: {path}; pass a CLIP vision .safetensors file or its folder")
-    tensors, meta = load_safetensors(weights, what=what)
     tensors = _vision_tensors(tensors)
     if not tensors:
         raise IncompatibleModelError(
-            f"{weights} holds no CLIP vision weights (no `vision_model.*` tensors); pass a CLIP vision model "
+            f"{where} holds no CLIP vision weights (no `vision_model.*` tensors); pass a CLIP vision model "
             "such as ComfyUI's models/clip_vision files or a transformers CLIPVisionModel folder"
         )
-    if config is None and "config" in meta:
-        try:
-            config = parse_json(meta["config"], f"{what} {weights}: metadata config", "", WeightsFormatError)
-        except WeightsFormatError:
-            config = None
     fix = "pass an unmodified CLIP vision checkpoint"
     try:
         if not isinstance(config, dict):
-            config = infer_clip_vision_config(tensors)
+            config = {**infer_clip_vision_config(tensors), **(hints or {})}
         allowed = set(CLIPVisionConfig().to_dict())
         config = {k: v for k, v in config.items() if k in allowed}
-        check_ranges(config, CLIP_VISION_RANGES, f"{what} {weights}", fix, WeightsFormatError)
-        cfg = CLIPVisionConfig(**config)
         with_projection = "visual_projection.weight" in tensors
+        if with_projection:  # a CLIPModel's config.json keeps the projection width at its top level only
+            config["projection_dim"] = int(tensors["visual_projection.weight"].shape[0])
+        check_ranges(config, CLIP_VISION_RANGES, where, fix, WeightsFormatError)
+        cfg = CLIPVisionConfig(**config)
         model_class = CLIPVisionModelWithProjection if with_projection else CLIPVisionModel
-        with torch.device("meta"):  # the architecture alone: compared with the file before it is allocated
-            shapes = {k: tuple(v.shape) for k, v in model_class(cfg).state_dict().items()}
-        misfit = [k for k, v in tensors.items() if k in shapes and tuple(v.shape) != shapes[k]]
-        if misfit:
-            raise WeightsFormatError(f"tensor {misfit[0]} is {tuple(tensors[misfit[0]].shape)}, the config implies "
-                                     f"{shapes[misfit[0]]}")
-        missing = [k for k in shapes if k not in tensors and not k.endswith("position_ids")]
-        if missing:
-            raise WeightsFormatError(f"{what} {weights} lacks {len(missing)} tensor(s) (e.g. {missing[0]}); "
-                                     "the file is incomplete or not CLIP vision")
-        model = model_class(cfg)
-        result = model.load_state_dict(tensors, strict=False)
+        model = build_checked_model(model_class, cfg, tensors, where, "CLIP vision")
     except (WeightsFormatError, RuntimeError, ValueError, TypeError, KeyError, IndexError, ZeroDivisionError) as exc:
-        if isinstance(exc, WeightsFormatError) and str(weights) in str(exc):
+        if isinstance(exc, WeightsFormatError) and where in str(exc):
             raise
-        raise WeightsFormatError(f"{what} {weights} does not match a CLIP vision architecture ({exc}); "
-                                 f"{fix}") from None
+        raise WeightsFormatError(f"{where} does not match a CLIP vision architecture ({exc}); {fix}") from None
+    return ClipVisionEncoder(model, source=source)
+
+
+def build_checked_model(model_class, cfg, tensors: dict[str, torch.Tensor], where: str,
+                        kind: str) -> torch.nn.Module:
+    """``model_class(cfg)`` with ``tensors`` loaded, after comparing every shape on the meta device."""
+    with torch.device("meta"):  # the architecture alone: compared with the file before it is allocated
+        shapes = {k: tuple(v.shape) for k, v in model_class(cfg).state_dict().items()}
+    misfit = [k for k, v in tensors.items() if k in shapes and tuple(v.shape) != shapes[k]]
+    if misfit:
+        raise WeightsFormatError(f"tensor {misfit[0]} is {tuple(tensors[misfit[0]].shape)}, the config implies "
+                                 f"{shapes[misfit[0]]}")
+    missing = [k for k in shapes if k not in tensors and not k.endswith("position_ids")]
+    if missing:
+        raise WeightsFormatError(f"{where} lacks {len(missing)} tensor(s) (e.g. {missing[0]}); the file is "
+                                 f"incomplete or not {kind}")
+    model = model_class(cfg)
+    result = model.load_state_dict(tensors, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     if missing:
-        raise WeightsFormatError(f"{what} {weights} lacks {len(missing)} tensor(s) (e.g. {missing[0]}); "
-                                 "the file is incomplete or not CLIP vision")
-    enc = ClipVisionEncoder(model, source=str(path))
+        raise WeightsFormatError(f"{where} lacks {len(missing)} tensor(s) (e.g. {missing[0]}); the file is "
+                                 f"incomplete or not {kind}")
+    return model
+
+
+def load_clip_vision(path: str | Path, device=None, dtype: Optional[torch.dtype] = None) -> ClipVisionEncoder:
+    """Load CLIP vision weights from a folder (``config.json`` + ``model.safetensors``, or a Hugging Face
+    cache entry), from one ``.safetensors`` file (config from its metadata key ``config`` if present,
+    else from shapes), or from the vision tower of a full CLIP (transformers or open_clip names);
+    see :mod:`scdpo.cost.clip_files`."""
+    from .clip_files import open_clip_hints, read_clip_weights, tower_config
+
+    what = "CLIP vision backbone"
+    weights = read_clip_weights(path, what, need=("vision",))
+    enc = build_clip_vision(weights.tower("vision") or weights.tensors, tower_config(weights, "vision"),
+                            f"{what} {weights.file}", source=str(path), hints=open_clip_hints(weights, "vision"))
     return enc.to(device=device or "cpu", dtype=dtype)
 
 
