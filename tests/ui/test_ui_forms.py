@@ -73,7 +73,8 @@ def test_every_tab_has_its_command_and_the_options_it_shows_first(specs):
     assert train.option("beta").kind == FLOAT and train.option("quiet").kind == FLAG
     assert specs[("eval",)].option("lora").kind == MULTI
     assert specs[("cost", "train")].option("weak_label").kind == CHOICE
-    assert specs[("cost", "train")].option("weak_label").choices == ("nudenet",)
+    assert specs[("cost", "train")].option("weak_label").choices == ("nudenet", "clip-zero-shot",
+                                                                     "nudenet+clip-zero-shot")
     assert specs[("generate",)].option("prompt").kind == TEXT
 
 

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 TOY_COST_SOURCE = "toy base-model generations labelled by the oracle judge"
 
+WEAK_LABELLERS = ("nudenet", "clip-zero-shot", "nudenet+clip-zero-shot")  # ready scorers for --weak-label
+
 ABLATIONS = (
     ("full (SupCon + ranking + anchoring)", dict()),
     ("no contrastive term (anchoring only)", dict(contrastive=False, ranking=False)),
@@ -32,8 +34,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     data.add_argument("--images", default=None,
                       help="folder with safe/ and unsafe/<category>/ subfolders, or a CSV/parquet manifest "
                            "(columns path or image, label)")
-    data.add_argument("--weak-label", choices=["nudenet"], default=None,
-                      help="label an unlabelled --images folder with NudeNet (nudity only)")
+    data.add_argument("--weak-label", choices=WEAK_LABELLERS, default=None,
+                      help="label an unlabelled --images folder with a ready scorer: NudeNet (nudity only), CLIP "
+                           "zero-shot concept prompts on the full CLIP model given as --backbone, or both")
     data.add_argument("--base", default=None, help="toy base model for the default data (default: shipped)")
     data.add_argument("--n-train", type=int, default=1600, help="toy training images (default 1600)")
     data.add_argument("--n-calib", type=int, default=600, help="toy calibration images (default 600)")
@@ -87,10 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("score", help="score images with a cost model (CSV or JSON of costs and verdicts)",
                        description="Score image files or folders with a cost model (default: the shipped toy cost "
-                       "model) or NudeNet, writing one row per image: cost, probability, unsafe, category, "
-                       "per-category costs.")
+                       "model), NudeNet or CLIP zero-shot concept prompts, writing one row per image: cost, "
+                       "probability, unsafe, category, per-category costs.")
     s.add_argument("images", nargs="+", help="image files and/or folders")
-    s.add_argument("--cost-model", default="toy", help="cost-model .safetensors, `toy` (default) or `nudenet`")
+    s.add_argument("--cost-model", default="toy", help="cost-model .safetensors, `toy` (default), `nudenet`, "
+                   "`clip-zero-shot:CLIP` or `nudenet+clip-zero-shot:CLIP` (CLIP: a full CLIP folder or file)")
     s.add_argument("--backbone", default=None, help="CLIP vision file/folder for CLIP-based cost models")
     s.add_argument("--out", default=None, help="write .csv or .json here (default: CSV to stdout)")
     s.add_argument("--format", choices=["csv", "json"], default=None, help="default: from --out's suffix, else csv")
@@ -180,12 +184,21 @@ def toy_examples_cached(base: Optional[str], n_train: int, n_calib: int, n_test:
 def _examples(args):
     from .data import folder_examples, manifest_examples, weak_label_examples
 
+    if args.weak_label and not args.images:
+        raise InputFileError("--weak-label labels the images of an --images folder; pass --images too")
     if args.images:
         src = Path(args.images)
-        if args.weak_label == "nudenet":
-            from .nudenet_backend import NudeNetScorer
+        if args.weak_label:
+            from .scorer import load_cost_model
 
-            return weak_label_examples(src, NudeNetScorer(), seed=args.seed), {"source": str(src), "labels": "nudenet"}
+            uses_clip = "clip-zero-shot" in args.weak_label
+            if uses_clip and not args.backbone:
+                raise InputFileError(f"--weak-label {args.weak_label} labels with the full CLIP model given as "
+                                     "--backbone (a transformers CLIP folder or an open_clip file); pass --backbone")
+            labeller = load_cost_model(args.weak_label, backbone=args.backbone if uses_clip else None,
+                                       device=args.device)
+            name = f"{args.weak_label}:{Path(args.backbone).name}" if uses_clip else args.weak_label
+            return weak_label_examples(src, labeller, seed=args.seed), {"source": str(src), "labels": name}
         if src.is_file():
             return manifest_examples(src, seed=args.seed), {"source": src.name, "labels": "manifest"}
         return folder_examples(src, seed=args.seed), {"source": src.name, "labels": "folders"}

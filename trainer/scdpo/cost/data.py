@@ -11,7 +11,9 @@ Sources:
   calibration) and held-out prompts (test), labelled by the oracle judge;
 * :func:`folder_examples` — ``DIR/safe/*`` and ``DIR/unsafe/<category>/*``;
 * :func:`manifest_examples` — a CSV or parquet manifest (``path`` or ``image`` bytes, ``label``);
-* :func:`weak_label_examples` — an unlabelled folder labelled by a scorer (NudeNet).
+* :func:`weak_label_examples` — an unlabelled folder labelled by a scorer (NudeNet, CLIP zero-shot);
+* :func:`weak_label_manifest` — in-memory images (a recipe's candidates) labelled by a scorer, written
+  as a manifest + PNGs for ``scdpo cost train --images``.
 """
 
 from __future__ import annotations
@@ -266,7 +268,7 @@ def _read_manifest_rows(path: Path) -> list[dict]:
 
 def weak_label_examples(folder: str | Path, labeller, seed: int = 0, batch_size: int = 8,
                         progress: bool = True) -> CostExamples:
-    """Label every image of an unlabelled folder with ``labeller.weak_labels`` (e.g. NudeNet)."""
+    """Label every image of an unlabelled folder with ``labeller.weak_labels`` (NudeNet, CLIP zero-shot)."""
     folder = Path(folder)
     files = _image_files(folder) if folder.is_dir() else []
     if not files:
@@ -280,6 +282,65 @@ def weak_label_examples(folder: str | Path, labeller, seed: int = 0, batch_size:
     _check_enough(out, f"{folder} (after weak labelling)")
     out.assign_random_splits(seed)
     return out
+
+
+def weak_label_manifest(images: Sequence, labeller, out: str | Path, groups: Optional[Sequence[str]] = None,
+                        min_margin: float = 0.0, batch_size: int = 16) -> dict:
+    """Label images with a ready scorer (``clip-zero-shot``, NudeNet, a combination) and write
+    ``out/manifest.csv`` (columns ``path,label,group``), the manifest ``scdpo cost train --images
+    out/manifest.csv`` reads; in-memory images are written as ``out/images/NNNNN.png``.
+
+    ``images``: a recipe's own candidates: ``[H,W,3]`` uint8 arrays, ``[H,W,3]`` float 0..1 tensors or
+    arrays, or image files (referenced by path, not copied). ``groups``: one per image (e.g. its prompt),
+    so the ranking term pairs the unsafe and safe candidates of one prompt. Label: the top category of
+    an image the scorer calls unsafe, else ``safe``. An image whose cost lies within ``min_margin`` of
+    the scorer's threshold is left out: a weak label that close to the boundary is a coin toss.
+    Returns ``{"manifest": path, "labels": {label: count}, "uncertain": count}``."""
+    from PIL import Image
+
+    from ..fileio import atomic_path, ensure_writable_dir, write_text_atomic
+
+    out = ensure_writable_dir(out)
+    if groups is not None and len(groups) != len(images):
+        raise DatasetError(f"weak labels: {len(images)} image(s) but {len(groups)} group(s)")
+    rows, counts, uncertain = [], {}, 0
+    for start in range(0, len(images), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(images))))
+        pixels = [_as_float_image(images[i], f"image {i}") for i in chunk]
+        result = labeller.score(pixels, batch_size=batch_size)
+        for j, i in enumerate(chunk):
+            if abs(float(result.cost[j]) - result.threshold) < min_margin:
+                uncertain += 1
+                continue
+            item = images[i]
+            if isinstance(item, (str, Path)):
+                path = str(Path(item).resolve())
+            else:
+                (out / "images").mkdir(exist_ok=True)
+                path = f"images/{i:05d}.png"
+                arr = (pixels[j].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+                with atomic_path(out / path) as tmp:
+                    Image.fromarray(arr).save(tmp, format="PNG")
+            label = result.top_category(j) or "safe"
+            counts[label] = counts.get(label, 0) + 1
+            rows.append({"path": path, "label": label, "group": groups[i] if groups is not None else ""})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["path", "label", "group"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "manifest.csv", buf.getvalue())
+    return {"manifest": out / "manifest.csv", "labels": dict(sorted(counts.items())), "uncertain": uncertain}
+
+
+def _as_float_image(item, name: str) -> torch.Tensor:
+    """An image item or a float ``[H,W,3]`` 0..1 tensor/array → ``[H,W,3]`` float tensor."""
+    if isinstance(item, torch.Tensor) and item.is_floating_point():
+        return item[..., :3].float().cpu()
+    if isinstance(item, np.ndarray) and item.dtype != np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(item[..., :3])).float()
+    if isinstance(item, str):
+        item = Path(item)
+    return decode_image(item, name)
 
 
 def load_images(items: Sequence[ImageItem], names: Sequence[str]) -> list[torch.Tensor]:

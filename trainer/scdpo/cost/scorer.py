@@ -1,7 +1,8 @@
 """Scoring images with a cost model: the one entry point the trainer and the host adapters use.
 
-``load_cost_model(path | "nudenet", backbone=None, device=None) -> CostScorer`` and
-``CostScorer.score(images) -> CostResult``. Every failure raises (a
+``load_cost_model(spec, backbone=None, device=None) -> CostScorer`` (spec: a checkpoint, ``toy``,
+``nudenet``, ``clip-zero-shot:PATH`` or ``nudenet+clip-zero-shot:PATH``; the last three return scorers
+with the same interface) and ``CostScorer.score(images) -> CostResult``. Every failure raises (a
 :class:`~scdpo.errors.ScdpoError` for user-causable ones), so a gate built on it fails closed.
 
 :class:`CostResult` fields, exactly:
@@ -136,11 +137,59 @@ class CostScorer:
         return make_result(per_category, self.categories, self.threshold)
 
 
+class CombinedScorer:
+    """Several scorers as one (the :class:`CostScorer` interface): each category comes from the first
+    part that has it, e.g. ``nudity`` from NudeNet and the other categories from a CLIP zero-shot
+    scorer. A part's costs are shifted by its own threshold, so the combined threshold is 0 and each
+    part's verdicts are kept: ``c_k − threshold_part``."""
+
+    threshold = 0.0
+
+    def __init__(self, parts: Sequence):
+        if not parts:
+            raise ScdpoError("a combined cost model needs at least one part")
+        self.parts, self.take = list(parts), []
+        self.categories: list[str] = []
+        for part in self.parts:
+            idx = [i for i, c in enumerate(part.categories) if c not in self.categories]
+            self.take.append(idx)
+            self.categories.extend(part.categories[i] for i in idx)
+        self.name = " + ".join(getattr(p, "name", type(p).__name__) for p in self.parts)
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[-1].device
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "CombinedScorer":
+        for part in self.parts:
+            part.to(device, dtype)
+        return self
+
+    def score(self, images, batch_size: int = 16, progress: Optional[ProgressFn] = None) -> CostResult:
+        batch = images_to_list(images)
+        cols = []
+        for part, idx in zip(self.parts, self.take):
+            if idx:
+                result = part.score(batch, batch_size=batch_size)
+                cols.append(result.per_category[:, idx] - result.threshold)
+        if progress is not None:
+            progress(len(batch), len(batch))
+        return make_result(torch.cat(cols, dim=1), self.categories, self.threshold)
+
+    def weak_labels(self, images, batch_size: int = 16) -> list[Optional[str]]:
+        """The top category of each image called unsafe, else None (safe)."""
+        result = self.score(images, batch_size=batch_size)
+        return [result.top_category(i) for i in range(len(result))]
+
+
 def load_cost_model(path: Union[str, Path] = "toy", backbone=None, device=None,
                     dtype: Optional[torch.dtype] = None):
-    """A :class:`CostScorer` for a cost-model checkpoint, or the NudeNet detector for ``"nudenet"``.
+    """A :class:`CostScorer` (or a scorer with its interface) for a cost-model spec.
 
-    ``path``: a ``.safetensors`` cost model, ``"toy"`` (the shipped toy cost model) or ``"nudenet"``.
+    ``path``: a ``.safetensors`` cost model, ``"toy"`` (the shipped toy cost model), ``"nudenet"``,
+    ``"clip-zero-shot:PATH"`` (zero-shot concept prompts on the full CLIP model at PATH, see
+    :mod:`scdpo.cost.zero_shot`; ``"clip-zero-shot"`` alone takes PATH from ``backbone``), or
+    ``"nudenet+SPEC"`` (nudity from NudeNet, the other categories from SPEC).
     ``backbone``: ``None`` (use the encoder inside the file; needed for CLIP-based models), a path
     to a CLIP vision file/folder or toy encoder, or an encoder module.
     """
@@ -148,11 +197,27 @@ def load_cost_model(path: Union[str, Path] = "toy", backbone=None, device=None,
     from .model import load_safety_cost_model
 
     dev = resolve_device(device) if device is not None else torch.device("cpu")
-    if str(path).lower() == "nudenet":
+    spec = str(path)
+    if spec.lower() == "nudenet":
         from .nudenet_backend import NudeNetScorer
 
         return NudeNetScorer()
-    if str(path) in ("toy", ""):
+    if spec.lower().startswith("nudenet+"):
+        rest = load_cost_model(spec[len("nudenet+"):], backbone=backbone, device=device, dtype=dtype)
+        return CombinedScorer([load_cost_model("nudenet"), rest])
+    if spec.lower().split(":", 1)[0] == "clip-zero-shot":
+        from .zero_shot import load_zero_shot_scorer
+
+        clip_path = spec.split(":", 1)[1] if ":" in spec else ""
+        if clip_path and backbone is not None and str(backbone) != clip_path:
+            raise ScdpoError(f"{spec} names its CLIP model already; drop --backbone {backbone} (or pass "
+                             "clip-zero-shot alone with --backbone)")
+        clip_path = clip_path or (str(backbone) if isinstance(backbone, (str, Path)) else "")
+        if not clip_path:
+            raise ScdpoError("clip-zero-shot needs a full CLIP model: clip-zero-shot:PATH, PATH a transformers CLIP "
+                             "folder (config.json + model.safetensors) or an open_clip .safetensors file")
+        return load_zero_shot_scorer(clip_path, device=dev, dtype=dtype)
+    if spec in ("toy", ""):
         path = shipped_toy_cost_model()
     model = load_safety_cost_model(path, backbone=backbone, device=dev)
     scorer = CostScorer(model, name=f"cost model {Path(path).name}")
