@@ -25,10 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "re-run the same command after an interruption. Default: the toy world (train-split surface forms only).")
     b.add_argument("--out", default="out/scp_toy", help="output folder (default out/scp_toy)")
     b.add_argument("--base", default=None, help="base model (default: the shipped toy base)")
-    b.add_argument("--cost-model", default="toy", help="cost model .safetensors, `toy` (default) or `nudenet`")
+    b.add_argument("--cost-model", default="toy", help="cost model .safetensors, `toy` (default), `nudenet`, "
+                   "`clip-zero-shot:CLIP` or `nudenet+clip-zero-shot:CLIP` (CLIP: a full CLIP folder or file)")
     b.add_argument("--backbone", default=None, help="CLIP vision file/folder for a CLIP-based cost model")
     b.add_argument("--reward", default=None,
-                   help="preference reward: toy fidelity (default) or package.module:function for your own")
+                   help="preference reward: toy fidelity (default), clip:PATH (CLIP score with a full CLIP folder "
+                        "or open_clip file) or package.module:function for your own")
     b.add_argument("--prompts", default=None,
                    help="CSV with columns prompt, category (empty = clean), optional safe_prompt (harmful "
                         "rows: the prompt made safe), erased_prompt (clean rows that resemble a category: the "
@@ -90,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--lora", required=True, help="the first-round safety LoRA whose failures to mine")
     m.add_argument("--out", required=True, help="output folder for the extended dataset")
     m.add_argument("--base", default=None, help="base model (default: the shipped toy base)")
-    m.add_argument("--cost-model", default="toy", help="cost model .safetensors, `toy` (default) or `nudenet`")
+    m.add_argument("--cost-model", default="toy", help="cost model .safetensors, `toy` (default), `nudenet`, "
+                   "`clip-zero-shot:CLIP` or `nudenet+clip-zero-shot:CLIP` (CLIP: a full CLIP folder or file)")
     m.add_argument("--backbone", default=None, help="CLIP vision file/folder for a CLIP-based cost model")
     m.add_argument("--reward", default=None, help="preference reward, as for `scdpo data build` (records R of losers)")
     m.add_argument("--attack-candidates", type=int, default=2, help="samples per harmful prompt (default 2)")
@@ -240,7 +243,7 @@ def _mine(args) -> int:
     cfg = BuildConfig(steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
                       attack_candidates=args.attack_candidates, attack_strengths=_attack_strengths(args.attack_strengths),
                       seed=args.seed)
-    reward = make_reward(args.reward)
+    reward = make_reward(args.reward, device=args.device)
     toy_prompts = None
     if isinstance(reward, ToyFidelityReward):  # the toy reward scores against the toy prompts the data came from
         summary_file = resolve_pairs_file(args.data).parent / "dataset.json"
@@ -290,7 +293,7 @@ def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, co
                                    config.composite_frac)
     else:
         prompts, prompt_source = _read_prompt_csv(prompts_csv, prompt_split)
-    preference = make_reward(reward)
+    preference = make_reward(reward, device=device)
     scorer = load_cost_model(cost_model, backbone=backbone, device=device)
     model = load_base_model(base, device=device)
     attacker = None
