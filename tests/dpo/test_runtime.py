@@ -12,7 +12,7 @@ import torch
 import scdpo.dpo.runtime as runtime
 from scdpo.dpo import ToyOraclePairs, TrainConfig, train_lora
 from scdpo.errors import ScdpoError
-from scdpo.eventlog import EventWriter, crc32c
+from scdpo.eventlog import EventWriter, crc32c, read_scalars
 from scdpo.lora import load_lora
 
 TINY = dict(steps=3, batch_size=2, rank=4, alpha=4.0, lr=1e-3, warmup_steps=1, checkpoint_every=0, log_every=1,
@@ -60,7 +60,13 @@ def test_event_files_read_by_tensorboard_with_resume_purge(tmp_path):
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     with EventWriter(tmp_path) as w:
         for step in range(1, 6):
-            w.add_scalar("train/loss", 1.0 / step, step)
+            w.add_scalar("train/loss", 1.0 / step, step, wall_time=100.0 + step)
+    assert [(t, s, w_, round(v, 4)) for t, s, w_, v in read_scalars(w.path)] == [
+        ("train/loss", s, 100.0 + s, round(1.0 / s, 4)) for s in range(1, 6)]
+    data = w.path.read_bytes()
+    w.path.write_bytes(data[:-7])  # a run killed mid-write: the whole points before it still read
+    assert [s for _, s, _, _ in read_scalars(w.path)] == [1, 2, 3, 4]
+    w.path.write_bytes(data)
     with EventWriter(tmp_path, purge_step=3) as w:  # a run resumed from step 2's checkpoint
         for step in range(3, 5):
             w.add_scalar("train/loss", 10.0 + step, step)

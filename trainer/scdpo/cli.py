@@ -49,7 +49,8 @@ GROUPS = (
 )
 UI = "scdpo.ui.commands:register"
 DEVELOPER = Group("dev", "developer tools: benchmarks and ablations (not needed to use the product)",
-                  ("scdpo.dpo.commands:register_dev", "scdpo.cost.commands:register_dev", "scdpo.clidoc:register_dev"))
+                  ("scdpo.dpo.commands:register_dev", "scdpo.bench.commands:register_dev",
+                   "scdpo.cost.commands:register_dev", "scdpo.clidoc:register_dev"))
 
 # Old flat command -> its words now. Kept for one release, then removed.
 LEGACY_NAMES = {

@@ -113,4 +113,75 @@ class EventWriter:
         self.close()
 
 
-__all__ = ["EventWriter", "crc32c", "record"]
+
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def _fields(data: bytes):
+    """``(number, wire type, value)`` of each field of a protocol buffer message."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos:pos + 8], pos + 8
+        elif wire == 2:
+            size, pos = _read_varint(data, pos)
+            value, pos = data[pos:pos + size], pos + size
+        elif wire == 5:
+            value, pos = data[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protocol buffer wire type {wire}")
+        yield number, wire, value
+
+
+def read_scalars(path: str | os.PathLike) -> list[tuple[str, int, float, float]]:
+    """``(tag, step, wall_time, value)`` of every scalar in an event file (ours or TensorBoard's
+    ``simple_value`` scalars), in file order. Frames with a bad checksum end the read (a file cut
+    short by a kill)."""
+    data = Path(path).read_bytes()
+    out, pos = [], 0
+    while pos + 12 <= len(data):
+        header = data[pos:pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        if struct.unpack("<I", data[pos + 8:pos + 12])[0] != _masked(crc32c(header)):
+            break
+        payload = data[pos + 12:pos + 12 + length]
+        end = pos + 12 + length + 4
+        if len(payload) != length or end > len(data) or \
+                struct.unpack("<I", data[end - 4:end])[0] != _masked(crc32c(payload)):
+            break
+        pos = end
+        wall, step, summary = 0.0, 0, None
+        for number, _, value in _fields(payload):
+            if number == 1:
+                (wall,) = struct.unpack("<d", value)
+            elif number == 2:
+                step = value
+            elif number == 5:
+                summary = value
+        for number, _, value in _fields(summary or b""):
+            if number != 1:
+                continue
+            tag, scalar = None, None
+            for n2, _, v2 in _fields(value):
+                if n2 == 1:
+                    tag = v2.decode("utf-8", "replace")
+                elif n2 == 2:
+                    (scalar,) = struct.unpack("<f", v2)
+            if tag is not None and scalar is not None:
+                out.append((tag, step, wall, scalar))
+    return out
+__all__ = ["EventWriter", "crc32c", "read_scalars", "record"]

@@ -20,7 +20,6 @@ follows the same trajectory (up to the float rounding of encoding in other batch
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import logging
@@ -334,10 +333,10 @@ def encoded_inputs(model: TextToImageModel | Callable[[], TextToImageModel], dat
         try:
             inputs = encode_pairs(encoders, dataset, indices, progress=progress)
         finally:
+            from .runtime import release_freed_memory
+
             del encoders
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_freed_memory()
     else:
         fingerprint = inputs_fingerprint(model, dataset, indices, data)
         cached = saved_inputs(path, fingerprint)

@@ -53,6 +53,21 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _NAMED.items()}.get(dtype, str(dtype).replace("torch.", ""))
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's ``malloc_trim``), so that
+    memory a finished phase freed (the encoders, a load's buffers) does not stay resident; on CUDA
+    also empty the allocator's cache."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
+
+
 def launched_distributed() -> bool:
     """True when a launcher started several processes for this run."""
     try:
@@ -135,5 +150,5 @@ def make_accelerator(cpu: bool, mixed_precision: str):
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
-__all__ = ["BASE_DTYPES", "SingleProcess", "dtype_name", "is_main_process", "launched_distributed", "make_accelerator",
+__all__ = ["BASE_DTYPES", "SingleProcess", "dtype_name", "is_main_process", "release_freed_memory", "launched_distributed", "make_accelerator",
            "resolve_base_dtype"]

@@ -32,7 +32,7 @@ from ..fileio import ensure_writable_dir
 from ..lora import load_lora, peft_unet_to_kohya, remove_lora, save_lora
 from .config import TOY_ORACLE_DATA, TrainConfig, save_train_config
 from .inputs import encoded_inputs, encoders_parked, pair_texts
-from .runtime import dtype_name, make_accelerator, resolve_base_dtype
+from .runtime import dtype_name, make_accelerator, release_freed_memory, resolve_base_dtype
 from .pairs import PairOrder, collate_pairs, load_pair_dataset, select_pairs
 from .step import (TRAIN_ADAPTER, attach_training_lora, disabled_adapter_reference, dpo_batch_loss,
                    lora_named_parameters, unet_call)
@@ -185,7 +185,9 @@ def _unet_on_encoded_inputs(cfg: TrainConfig, accelerator, base_dtype: torch.dty
                                 dataset, indices, inputs_path, cfg.data,
                                 progress=progress and accelerator.is_main_process, identity=identity)
     _check_directions(cfg, inputs)
-    return load_sd_unet(cfg.base, device=device, dtype=base_dtype), inputs.batch
+    model = load_sd_unet(cfg.base, device=device, dtype=base_dtype)
+    release_freed_memory()
+    return model, inputs.batch
 
 
 def _check_directions(cfg: TrainConfig, inputs) -> None:

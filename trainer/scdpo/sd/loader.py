@@ -236,12 +236,12 @@ def load_sd_unet(
     """The UNet of an SD 1.x / SDXL base model alone (no VAE, no text encoder), frozen, in ``dtype``:
     what training on encoded inputs needs (``model.vae`` is None, ``model.text_encoders`` empty).
 
-    A single file is read key by key (memory-mapped) and only its ``model.diffusion_model.*``
-    tensors are materialised, each cast to ``dtype`` as it is read, so the load never holds the
-    text encoders, the VAE or a second precision of the UNet. A diffusers folder loads ``unet/``
-    only. Errors as :func:`load_sd_model`.
+    Only the UNet's tensors are read (a single file's ``model.diffusion_model.*``, a diffusers
+    folder's ``unet/``), one at a time, each cast to ``dtype`` as it is read, into a UNet built
+    without weights (:mod:`scdpo.sd.weights`): the load never holds the text encoders, the VAE or
+    a second precision of the UNet. Errors as :func:`load_sd_model`.
     """
-    from diffusers import UNet2DConditionModel
+    from .weights import load_folder_unet, load_single_file_unet
 
     info = inspect_base_model(path)
     dtype = dtype or info.dtype
@@ -249,18 +249,10 @@ def load_sd_unet(
     log.info("loading the UNet of %s (%s, %s, %s)", info.path, info.family, info.layout, str(dtype).replace("torch.", ""))
     with _load_errors(info):
         if info.layout == "single_file":
-            from safetensors import safe_open
-
-            with safe_open(str(info.path), framework="pt") as f:
-                state = {k: _cast(f.get_tensor(k), dtype) for k in f.keys() if k.startswith(SD_UNET_PREFIX)}
-            unet = UNet2DConditionModel.from_single_file(state, config=str(cfg), subfolder="unet",
-                                                         local_files_only=True, torch_dtype=dtype)
-            del state
+            unet = load_single_file_unet(info.path, cfg, dtype, SD_UNET_PREFIX)
             scheduler = _scheduler(cfg)
         else:
-            unet = UNet2DConditionModel.from_pretrained(
-                str(info.path), subfolder="unet", variant=_folder_variant(info.path), local_files_only=True,
-                torch_dtype=dtype, use_safetensors=True)
+            unet = load_folder_unet(info.path, dtype, _folder_variant(info.path))
             has_scheduler = (info.path / "scheduler" / "scheduler_config.json").is_file()
             scheduler = _scheduler(info.path if has_scheduler else shipped_config_dir(info.family))
         scale = 2 ** (len(_component_config(info, cfg, "vae").get("block_out_channels", [0] * 4)) - 1)
@@ -270,6 +262,3 @@ def load_sd_unet(
     unet.requires_grad_(False).eval()
     return model.to(device=torch.device(device), dtype=dtype)
 
-
-def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
