@@ -6,7 +6,8 @@ fp32 and the loss is computed in fp32 (:func:`~scdpo.dpo.loss.denoising_error` u
 predictions). Half the memory of the largest thing in the process, and on a CPU with bf16
 instructions (AVX512-BF16, AMX) also faster steps; measured in docs/results.md §6.
 ``base_dtype = "auto"`` picks that for SD-family models on CUDA and CPU alike, and fp32 for the toy
-model (1.4 M parameters: 5.6 MB to save, and its tiny matrices run slower in bf16).
+model (1.4 M parameters: 5.6 MB to save, and its tiny matrices run slower in bf16: the demo's
+``sc-dpo`` training took 1.35× as long with a bf16 base, docs/results.md §7).
 
 **One process, no launcher.** A single-process run gets :class:`SingleProcess`, which does what
 the trainer asks of accelerate's ``Accelerator`` (prepare, backward, clipping, autocast, reduce)
