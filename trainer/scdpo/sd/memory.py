@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
@@ -213,14 +214,14 @@ def _reset_peak() -> None:
         fh.write("5")  # resets VmHWM to the current RSS
 
 
-def _random_unet(family: str, dtype: torch.dtype):
-    """The family's full-size UNet with random weights, built without an fp32 copy."""
+def _random_unet(family: str, dtype: torch.dtype, config: Optional[dict] = None):
+    """The family's full-size UNet (or one of ``config``) with random weights, built without an fp32 copy."""
     from diffusers import UNet2DConditionModel
 
     from .configs import unet_config
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(unet_config(family))
+        unet = UNet2DConditionModel.from_config(config or unet_config(family))
     unet = unet.to_empty(device="cpu").to(dtype)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
