@@ -38,7 +38,8 @@ class Group:
 
 
 # Commands that stand alone, in the order ``scdpo --help`` lists them.
-TOP_LEVEL = ("scdpo.demo:register", "scdpo.generate:register", "scdpo.evaluation.commands:register")
+TOP_LEVEL = ("scdpo.demo:register", "scdpo.recipe:register", "scdpo.generate:register",
+             "scdpo.evaluation.commands:register")
 GROUPS = (
     Group("data", "build, extend, import and check SCP preference datasets", ("scdpo.scp.commands:register",)),
     Group("cost", "train a safety cost model; score images with one", ("scdpo.cost.commands:register",)),

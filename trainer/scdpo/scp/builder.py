@@ -98,6 +98,7 @@ class BuildConfig:
     composite_frac: float = 0.2  # share of harmful toy instructions that also hold a look-alike
     steps: int = 20
     guidance_scale: Optional[float] = None
+    resolution: Optional[int] = None  # image size in px (None: the model's native size)
     batch_size: int = 128  # images per generate() call
     chunk_prompts: int = 64  # prompts per resumable part
     winner_max_cost: float = -3.0  # a harmful pair's winner needs C <= min(threshold, this)
@@ -272,7 +273,8 @@ def _generate(model, texts: list[str], seeds: list[int], cfg: BuildConfig,
             part = shifts[s:s + cfg.batch_size]
             cond = model.encode_prompt(batch).shifted({k: torch.stack([d[k] for d in part]) for k in part[0]})
         out.append(model.generate(None if cond is not None else batch, cond=cond, seed=seeds[s:s + cfg.batch_size],
-                                  steps=cfg.steps, guidance_scale=cfg.guidance_scale))
+                                  steps=cfg.steps, guidance_scale=cfg.guidance_scale, height=cfg.resolution,
+                                  width=cfg.resolution))
     return torch.cat(out) if out else torch.zeros(0)
 
 
