@@ -151,3 +151,26 @@ def test_a_full_size_model_on_cpu_needs_asking(world, tmp_path, capsys, monkeypa
     args = ["recipe", "--base", str(world["base"]), "--out", str(tmp_path / "e"), "--clip", str(world["clip"])]
     assert main(args) == 2
     assert "no GPU is available" in capsys.readouterr().err
+
+
+def test_smoke_on_an_sdxl_shaped_model(tmp_path, capsys):
+    """The same walk on SDXL's layout (two text encoders, pooled embedding, size conditioning), at a
+    size this machine trains in seconds."""
+    from scdpo.sd.loader import load_sd_model
+
+    cfg = write_tiny_configs("sdxl", tmp_path / "cfg")
+    ckpt = build_checkpoint(cfg, "sdxl", tmp_path / "tiny.safetensors", dtype=torch.float16)
+    model = load_sd_model(ckpt, "cpu", torch.float32, config_dir=cfg)
+    folder = tmp_path / "tiny_sdxl"
+    for name, part in (("unet", model.unet), ("vae", model.vae), ("text_encoder", model.text_encoders[0]),
+                       ("text_encoder_2", model.text_encoders[1]), ("tokenizer", model.tokenizers[0]),
+                       ("tokenizer_2", model.tokenizers[1]), ("scheduler", model.noise_scheduler)):
+        part.save_pretrained(folder / name)
+    shutil.copy(cfg / "model_index.json", folder / "model_index.json")
+    clip = build_aligned_clip(tmp_path / "clip", ["a nude figure"], ["a landscape"]).folder
+    out = tmp_path / "run"
+    assert main(["recipe", "--base", str(folder), "--out", str(out), "--clip", str(clip), "--smoke"]) == 0
+    lora = load_lora(out / "lora" / "safety_lora.safetensors")
+    assert lora.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    record = json.loads((out / "recipe.json").read_text())
+    assert set(record["stages"]["eval"]["evaluation"]["unsafe_rate"]) == {"base", "lora"}

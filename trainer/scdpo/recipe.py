@@ -280,6 +280,14 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, device: str = "auto", allow_c
         result = build_dataset(paths["data"], build, prompts_csv=str(paths["prompts"]), cost_model=cost,
                                backbone=cfg.clip or None, reward=reward, base=cfg.base, device=str(dev),
                                prompt_split="all")
+        if result.n_pairs == 0:
+            skipped = result.summary.get("skipped_prompts", {})
+            raise ScdpoError(
+                f"the data stage built no preference pairs from {result.summary.get('prompts', 0)} prompts (skipped: "
+                f"{', '.join(f'{k} {v}' for k, v in skipped.items()) or 'none'}): the cost model {cost} found no safe "
+                "candidate to prefer or no unsafe one to reject. Check that it fits this model's images (scdpo cost "
+                f"score on a few of them), or raise --candidates / --prompts-per-kind; then delete {paths['data']} "
+                "and rerun")
         return {"pairs": int(result.n_pairs), "prompts": int(result.summary.get("prompts", 0)),
                 "pairs_by_kind": result.summary.get("pairs_by_kind", {})}
 
