@@ -112,7 +112,7 @@ def measure(family: str, resolution: Optional[int] = None, steps: int = 3, rank:
             torch.cuda.synchronize(dev)
         seconds.append(time.perf_counter() - began)
     peak = read(start)
-    plan = None if unet_config else estimate_training_memory(family, resolution, rank).total_bytes()
+    plan = None if unet_config else estimate_training_memory(family, resolution, rank).total_bytes
     return {"family": family, "resolution": resolution, "device": str(dev), "base_dtype": dtype_name(dtype),
             "rank": rank, "gradient_checkpointing": gradient_checkpointing, "steps": steps,
             "step_seconds": seconds, "median_step_seconds": statistics.median(seconds[1:] or seconds),
