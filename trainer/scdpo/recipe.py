@@ -82,18 +82,13 @@ class RecipeConfig:
 def _prompt_rows(source: str, split: str, categories: list[str], per_kind: int) -> list[dict]:
     """Rows of ``source`` (``scdpo`` or a CSV) in ``split`` (all rows of a CSV without a split
     column): ``per_kind`` harmful rows per category, look-alike rows and clean rows."""
-    from .scp.commands import resolve_prompt_file
+    from .scp.commands import read_csv_rows, resolve_prompt_file
 
     path = resolve_prompt_file(source)
     if not path.is_file():
         raise InputFileError(f"prompt CSV not found: {path}; pass --prompts scdpo or a CSV with columns prompt, "
                              "category, safe_prompt, erased_prompt")
-    try:
-        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
-        rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputFileError(f"{path} is not a readable UTF-8 CSV ({exc}); fix the file") from None
-    columns = reader.fieldnames or []
+    rows, columns = read_csv_rows(path)
     missing = [c for c in ("prompt", "category") if c not in columns]
     if missing:
         raise InputFileError(f"{path} lacks the column(s) {', '.join(missing)}; a prompt CSV needs prompt, category "

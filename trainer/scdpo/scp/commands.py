@@ -144,6 +144,16 @@ def read_prompt_csv(path: str | Path, split: str | None = None):
     return _read_prompt_csv(path, split)[0]
 
 
+def read_csv_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows and column names of a UTF-8 CSV (a BOM allowed); one clear error if it is not one."""
+    try:
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+        records = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(f"{path} is not a readable UTF-8 CSV ({exc})") from None
+    return records, list(reader.fieldnames or [])
+
+
 def _read_prompt_csv(path: str | Path, split: str | None) -> tuple[list, str]:
     """(prompt specs, a name for the source: the file name, with the split when one was applied)."""
     from .builder import PromptSpec
@@ -152,12 +162,7 @@ def _read_prompt_csv(path: str | Path, split: str | None) -> tuple[list, str]:
     path = resolve_prompt_file(path)
     if not path.is_file():
         raise InputFileError(f"prompt CSV not found: {path} (built-in prompt sets: {', '.join(BUILTIN_PROMPT_SETS)})")
-    try:
-        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
-        records = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputFileError(f"{path} is not a readable UTF-8 CSV ({exc})") from None
-    columns = reader.fieldnames or []
+    records, columns = read_csv_rows(path)
     if "prompt" not in columns:
         raise InputFileError(f"{path} needs a header with a `prompt` column (and `category`, optional `safe_prompt`)")
     split_column = "split" in columns
