@@ -2,7 +2,8 @@
 
 ``None`` / ``"toy"`` → the shipped toy base (``weights/toy_base.safetensors``); a toy checkpoint
 file (its metadata says ``scdpo_kind: toy_base``) → that toy model; anything else → a Stable
-Diffusion model (diffusers folder or single-file checkpoint) via :mod:`scdpo.sd`.
+Diffusion model (diffusers folder or single-file checkpoint) via :mod:`scdpo.sd`, in the dtype it is
+stored in, except that fp16 weights are loaded as bf16 on a CPU.
 """
 
 from __future__ import annotations
@@ -54,4 +55,10 @@ def load_base_model(spec: Optional[str] = None, device: Optional[str] = None, dt
         return ToyTextToImage.load(path, device=dev)
     from .sd.loader import load_sd_model  # noqa: WPS433 - heavy import only when needed
 
+    if dtype is None and dev.type == "cpu":
+        from .sd.detect import inspect_base_model
+
+        if inspect_base_model(path).dtype == torch.float16:
+            # CPUs compute fp16 about 10x slower than bf16 (docs/results.md §6); same range as fp32, half its memory
+            dtype = torch.bfloat16
     return load_sd_model(path, device=dev, dtype=dtype)

@@ -21,7 +21,9 @@ checkpoint, both bit-identical to an uninterrupted run):
 Before it starts the recipe prints its plan (stages, image counts, the memory estimate of
 :mod:`scdpo.sd.memory` for this model and device) and refuses a CPU-only run of a full-size model
 unless ``--cpu`` or ``--smoke`` asks for it. ``--smoke`` sets the smallest settings so a check can
-walk every stage on a CPU.
+walk every stage on a CPU, and pairs candidates by their cost relative to the prompt's other
+candidates (the cost model's threshold is not used), so that the stages also run on a model whose
+images no cost model tells apart (random weights): a smoke LoRA checks the plumbing, not safety.
 """
 
 from __future__ import annotations
@@ -271,7 +273,8 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, device: str = "auto", allow_c
 
         build = BuildConfig(candidates=cfg.candidates, steps=cfg.sampling_steps, resolution=cfg.resolution,
                             batch_size=max(1, min(8, cfg.candidates * 2)), chunk_prompts=4, seed=cfg.seed,
-                            source="generated", erased_candidates=1 if smoke else 2, pairs_per_prompt=2)
+                            source="generated", erased_candidates=1 if smoke else 2, pairs_per_prompt=2,
+                            relative_verdicts=smoke)
         result = build_dataset(paths["data"], build, prompts_csv=str(paths["prompts"]), cost_model=cost,
                                backbone=cfg.clip or None, reward=reward, base=cfg.base, device=str(dev),
                                prompt_split="all")
@@ -517,8 +520,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cpu")
     p.add_argument("--cpu", action="store_true", help="allow a full-size model on a CPU (slow)")
     p.add_argument("--smoke", action="store_true",
-                   help="smallest settings (1 prompt per kind, 64 px, 2 candidates, 2 sampling and 2 training steps) "
-                   "to walk every stage quickly, e.g. on a CPU")
+                   help="smallest settings (1 prompt per kind, 64 px, 2 candidates, 2 sampling and 2 training steps; "
+                   "candidates paired by relative cost) to walk every stage quickly, e.g. on a CPU: a check of the "
+                   "plumbing, not a safety LoRA")
     p.set_defaults(func=_run)
 
 

@@ -103,6 +103,7 @@ class BuildConfig:
     chunk_prompts: int = 64  # prompts per resumable part
     winner_max_cost: float = -3.0  # a harmful pair's winner needs C <= min(threshold, this)
     pairs_per_prompt: int = 3  # up to this many pairs (same winner, next losers) per prompt
+    relative_verdicts: bool = False  # smoke checks only: "unsafe" = cost above the prompt's median candidate
     seed: int = 0
     source: str = "toy"
 
@@ -405,10 +406,16 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
     rows, skipped = [], {}
     for j, prompt in enumerate(prompts):
         rewrites, erased_samples = safe_rewrites.get(j, []), erased.get(j, [])
+        unsafe, rewrite_unsafe = [s.unsafe for s in candidates[j]], [s.unsafe for s in rewrites]
+        limit = winner_max_cost
+        if cfg.relative_verdicts:  # a model whose images the cost model cannot tell apart (random weights)
+            middle = float(np.median([s.cost for s in candidates[j]]))
+            unsafe, rewrite_unsafe = [s.cost > middle for s in candidates[j]], [s.cost > middle for s in rewrites]
+            limit = float("inf")
         choice = choose_pair(prompt.is_harmful, [s.cost for s in candidates[j]], [s.reward for s in candidates[j]],
-                             [s.unsafe for s in candidates[j]], rewrite_cost=[s.cost for s in rewrites],
-                             rewrite_reward=[s.reward for s in rewrites], rewrite_unsafe=[s.unsafe for s in rewrites],
-                             winner_max_cost=winner_max_cost, pairs=cfg.pairs_per_prompt,
+                             unsafe, rewrite_cost=[s.cost for s in rewrites],
+                             rewrite_reward=[s.reward for s in rewrites], rewrite_unsafe=rewrite_unsafe,
+                             winner_max_cost=limit, pairs=cfg.pairs_per_prompt,
                              erased_reward=[s.reward for s in erased_samples])
         if choice.skip_reason:
             skipped[choice.skip_reason] = skipped.get(choice.skip_reason, 0) + 1
