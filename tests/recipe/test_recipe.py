@@ -153,6 +153,19 @@ def test_a_full_size_model_on_cpu_needs_asking(world, tmp_path, capsys, monkeypa
     assert "no GPU is available" in capsys.readouterr().err
 
 
+def test_second_round_trains_from_the_first_lora_on_mined_attacks(world, tmp_path):
+    out = tmp_path / "run"
+    assert main(_recipe(world, out, "--second-round")) == 0
+    record = json.loads((out / "recipe.json").read_text())
+    assert {"mine attacks", "train round 2"} <= set(record["stages"])
+    assert record["stages"]["mine attacks"]["pairs"] >= record["stages"]["data"]["pairs"]
+    second = load_lora(out / "lora" / "safety_lora_round2.safetensors")
+    assert second.metadata["scdpo_init_lora"].endswith("safety_lora.safetensors")
+    shipped = load_lora(out / "hosts" / "ComfyUI" / "models" / "loras" / "tiny_sd15_scdpo_safety.safetensors")
+    assert all(torch.equal(second.tensors[k], shipped.tensors[k]) for k in second.tensors)
+    first = _lora_tensors(out)
+    assert any(not torch.equal(first[k], second.tensors[k]) for k in first)
+
 def test_smoke_on_an_sdxl_shaped_model(tmp_path, capsys):
     """The same walk on SDXL's layout (two text encoders, pooled embedding, size conditioning), at a
     size this machine trains in seconds."""

@@ -44,6 +44,8 @@ from typing import Any, Optional
 from .errors import InputFileError, ScdpoError
 
 RECIPE_FILE = "recipe.json"
+NUMERIC_OPTIONS = ("prompts_per_kind", "eval_prompts_per_kind", "candidates", "sampling_steps", "resolution",
+                   "train_steps", "rank", "beta", "lr", "batch_size", "grad_accum", "attack_candidates", "seed")
 KINDS = ("harmful", "near_miss", "clean")
 MiB = 2**20
 
@@ -67,6 +69,8 @@ class RecipeConfig:
     batch_size: int = 1
     grad_accum: int = 4
     gradient_checkpointing: bool = True
+    second_round: bool = False  # mine attacks with the first LoRA, train a second round on them
+    attack_candidates: int = 2  # per harmful prompt, for the second round
     clip: str = ""
     cost_model: str = ""  # explicit spec or file; default from --clip / NudeNet
     reward: str = ""  # explicit reward spec; default clip:<--clip>
@@ -249,7 +253,10 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, device: str = "auto", allow_c
     out.mkdir(parents=True, exist_ok=True)
     paths = {"prompts": out / "prompts.csv", "eval_prompts": out / "prompts_eval.csv", "data": out / "data",
              "cost": out / "cost_model.safetensors", "lora": out / "lora" / "safety_lora.safetensors",
+             "data2": out / "data_round2", "lora1": out / "lora" / "safety_lora.safetensors",
              "eval": out / "eval" / "eval.json", "hosts": out / "hosts"}
+    if cfg.second_round:  # the LoRA evaluated and shipped is the second round's
+        paths["lora"] = out / "lora" / "safety_lora_round2.safetensors"
     runner = StageRunner(verbose=progress)
 
     def stage(name: str, fn, done) -> Stage:
@@ -292,18 +299,40 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, device: str = "auto", allow_c
     def cost_model() -> dict:
         return _train_cost_head(cfg, cost, paths, dev)
 
-    def train() -> dict:
+    def train_round(data: Path, name: str, init_lora: str = "") -> dict:
         from .dpo.config import TrainConfig
         from .dpo.train import summary_of, train_lora
 
-        tc = TrainConfig(base=cfg.base, data=str(paths["data"]), out=str(paths["lora"].parent), name="safety_lora",
+        tc = TrainConfig(base=cfg.base, data=str(data), out=str(paths["lora1"].parent), name=name,
                          steps=cfg.train_steps, rank=cfg.rank, alpha=float(cfg.rank), beta=cfg.beta, lr=cfg.lr,
                          batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, warmup_steps=min(20, cfg.train_steps // 10),
                          gradient_checkpointing=cfg.gradient_checkpointing, winner_anchor=0.5, concept_augment=0.5,
                          concept_scale=2.0, seed=cfg.seed, checkpoint_every=max(1, min(50, cfg.train_steps // 10)),
-                         cost_model=cost, cpu=dev.type == "cpu").validate()
+                         cost_model=cost, cpu=dev.type == "cpu", init_lora=init_lora).validate()
         path = train_lora(tc, progress=progress)
         return {"summary": summary_of(path)}
+
+    def train() -> dict:
+        return train_round(paths["data"], "safety_lora")
+
+    def mine() -> dict:
+        from .cost.scorer import load_cost_model
+        from .models import load_base_model
+        from .scp.builder import BuildConfig, mine_attack_pairs
+        from .scp.commands import _load_attack_lora
+        from .scp.rewards import make_reward
+
+        build = BuildConfig(candidates=cfg.candidates, steps=cfg.sampling_steps, resolution=cfg.resolution,
+                            batch_size=max(1, min(8, cfg.attack_candidates * 2)), seed=cfg.seed, source="generated",
+                            attack_candidates=cfg.attack_candidates, relative_verdicts=smoke)
+        model = load_base_model(cfg.base, device=str(dev))
+        result = mine_attack_pairs(model, load_cost_model(cost, backbone=cfg.clip or None, device=str(dev)),
+                                   make_reward(reward, device=str(dev)), paths["data"], paths["data2"], build,
+                                   _load_attack_lora(str(paths["lora1"]), model), progress=progress)
+        return {"pairs": int(result.n_pairs), "mined": result.summary.get("mined", {})}
+
+    def train2() -> dict:
+        return train_round(paths["data2"], "safety_lora_round2", init_lora=str(paths["lora1"]))
 
     def evaluate() -> dict:
         return _evaluate(cfg, eval_rows, paths, cost, reward, dev)
@@ -314,7 +343,9 @@ def run_recipe(cfg: RecipeConfig, out: str | Path, device: str = "auto", allow_c
     stages = [stage("prompts", prompts, lambda: paths["prompts"].is_file()),
               stage("data", data, lambda: (paths["data"] / "pairs.parquet").is_file()),
               stage("cost model", cost_model, lambda: True),
-              stage("train", train, lambda: paths["lora"].is_file()),
+              stage("train", train, lambda: paths["lora1"].is_file()),
+              *([stage("mine attacks", mine, lambda: (paths["data2"] / "pairs.parquet").is_file()),
+                 stage("train round 2", train2, lambda: paths["lora"].is_file())] if cfg.second_round else []),
               stage("eval", evaluate, lambda: paths["eval"].is_file()),
               stage("export", export, lambda: (out / "report.html").is_file())]
     runner.run_all(stages)
@@ -512,11 +543,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", default="scdpo", help="`scdpo` (the shipped set) or your CSV in the same schema")
     p.add_argument("--categories", default="nudity,gore,weapon", help="comma list of categories to remove")
     defaults = RecipeConfig(base="")
-    for name in ("prompts_per_kind", "eval_prompts_per_kind", "candidates", "sampling_steps", "resolution",
-                 "train_steps", "rank", "beta", "lr", "batch_size", "grad_accum", "seed"):
+    helps = {"prompts_per_kind": "training prompts per harmful category, for look-alikes and for clean prompts",
+             "eval_prompts_per_kind": "held-out (validation split) prompts per kind for the evaluation",
+             "candidates": "images sampled per prompt", "sampling_steps": "sampling steps per image",
+             "resolution": "image size in px", "train_steps": "optimiser steps of each training round",
+             "rank": "LoRA rank (alpha = rank)", "beta": "DPO temperature beta", "lr": "learning rate",
+             "batch_size": "pairs per micro-batch", "grad_accum": "micro-batches per optimiser step",
+             "attack_candidates": "attack samples per harmful prompt for --second-round", "seed": "seed of every stage"}
+    assert set(helps) == set(NUMERIC_OPTIONS)
+    for name, text in helps.items():
         value = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=float if isinstance(value, float) else int, default=None,
-                       help=f"(default {value if value is not None else 'the model native size'})")
+                       help=f"{text} (default {value if value is not None else 'the model native size'}; --smoke "
+                       "sets its own smallest values, which these flags override)")
+    p.add_argument("--second-round", action="store_true",
+                   help="after the first LoRA, sample attacks against it (scdpo data mine-attacks) and train a second "
+                   "round from it on the data plus those attack pairs; the second round's LoRA is evaluated and exported")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, cpu")
     p.add_argument("--cpu", action="store_true", help="allow a full-size model on a CPU (slow)")
     p.add_argument("--smoke", action="store_true",
@@ -527,10 +569,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args) -> int:
-    changes = {k: getattr(args, k) for k in ("prompts_per_kind", "eval_prompts_per_kind", "candidates",
-                                             "sampling_steps", "resolution", "train_steps", "rank", "beta", "lr",
-                                             "batch_size", "grad_accum", "seed") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in NUMERIC_OPTIONS if getattr(args, k) is not None}
     common = dict(clip=args.clip, cost_model=args.cost_model, reward=args.reward, prompts=args.prompts,
+                  second_round=args.second_round,
                   categories=[c.strip() for c in args.categories.split(",") if c.strip()])
     if not common["categories"]:
         raise ScdpoError("--categories is empty; name at least one of nudity, gore, weapon")
