@@ -94,7 +94,7 @@ def _kill_when(cmd, env, marker: Path, timeout: float = 240.0) -> bool:
 
 
 @pytest.mark.slow
-def test_kill_9_in_data_and_train_then_rerun_gives_the_same_lora(world, tmp_path):
+def test_kill_9_in_every_long_stage_then_rerun_gives_the_same_lora(world, tmp_path):
     # every run in a process of its own with the same thread count: float sums are bit-reproducible
     # only at a fixed number of threads
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -103,9 +103,11 @@ def test_kill_9_in_data_and_train_then_rerun_gives_the_same_lora(world, tmp_path
     subprocess.run([sys.executable, "-m", "scdpo", *_recipe(world, whole, *args)], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cmd = [sys.executable, "-m", "scdpo", *_recipe(world, cut, *args)]
-    killed = [_kill_when(cmd, env, cut / "data" / "parts" / "part-000004.parquet"),
-              _kill_when(cmd, env, cut / "lora" / "safety_lora.state.safetensors")]
-    assert killed == [True, True]
+    killed = [_kill_when(cmd, env, cut / "data" / "parts" / "part-000004.parquet"),  # in the data build
+              _kill_when(cmd, env, cut / "cost_labels" / "manifest.csv"),  # in the cost-model stage
+              _kill_when(cmd, env, cut / "lora" / "safety_lora.state.safetensors"),  # in training
+              _kill_when(cmd, env, cut / "lora" / "safety_lora.safetensors")]  # in the evaluation
+    assert killed == [True, True, True, True]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     a, b = _lora_tensors(whole), _lora_tensors(cut)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
