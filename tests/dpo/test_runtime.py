@@ -1,7 +1,6 @@
 """How a training run computes: base dtype choice, one process without accelerate, event files
 without TensorBoard, and what a CLI training process imports."""
 
-import dataclasses
 import json
 import subprocess
 import sys

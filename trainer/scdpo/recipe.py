@@ -157,24 +157,24 @@ class _Peak:
     def __enter__(self) -> "_Peak":
         import torch
 
+        from .sd.memory import _reset_peak
+
         self.cuda = torch.cuda.is_available()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
-        with contextlib.suppress(OSError):
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
+        with contextlib.suppress(OSError):  # not Linux: no resident-memory peak
+            _reset_peak()
         return self
 
     def __exit__(self, *exc) -> None:
         import torch
 
+        from .sd.memory import _rss_bytes
+
         self.gpu = torch.cuda.max_memory_allocated() if self.cuda else None
         self.rss = None
-        with contextlib.suppress(OSError, ValueError):
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        self.rss = int(line.split()[1]) * 1024
+        with contextlib.suppress(OSError, RuntimeError):
+            self.rss = _rss_bytes("VmHWM")
 
 
 def _check_output(out: Path, cfg: RecipeConfig) -> dict:
@@ -227,8 +227,6 @@ def plan_text(cfg: RecipeConfig, device, info, n_train: int, n_eval: int, cost: 
 
 def run_recipe(cfg: RecipeConfig, out: str | Path, device: str = "auto", allow_cpu: bool = False,
                smoke: bool = False, progress: bool = True) -> dict:
-    import torch
-
     from .demo import Stage, StageRunner
     from .models import resolve_device
     from .sd.detect import inspect_base_model
@@ -363,10 +361,11 @@ def _unet_parameters(info) -> int:
     import math
 
     from .fileio import read_safetensors_header
+    from .sd.detect import SD_UNET_PREFIX
 
     if info.layout == "single_file":
         header = read_safetensors_header(info.path, "base model checkpoint")
-        return sum(math.prod(v["shape"]) for k, v in header.items() if k.startswith("model.diffusion_model."))
+        return sum(math.prod(v["shape"]) for k, v in header.items() if k.startswith(SD_UNET_PREFIX))
     total = 0
     for file in sorted((info.path / "unet").glob("*.safetensors")):
         header = read_safetensors_header(file, "UNet weights")

@@ -45,10 +45,11 @@ def _peak_tracker(device: torch.device):
             torch.cuda.synchronize(device)
             return torch.cuda.max_memory_allocated(device)
         return reset, read
-    from ..sd.memory import _reset_peak, _rss_bytes, _trim_heap
+    from ..dpo.runtime import release_freed_memory
+    from ..sd.memory import _reset_peak, _rss_bytes
 
     def reset_cpu() -> int:
-        _trim_heap()
+        release_freed_memory()
         _reset_peak()
         return _rss_bytes()
 

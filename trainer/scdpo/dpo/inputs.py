@@ -322,14 +322,17 @@ def encoded_inputs(model: TextToImageModel | Callable[[], TextToImageModel], dat
     ``model`` may be a function that loads the encoders only when encoding is needed (then
     ``identity``, the :func:`model_identity` of the model they belong to, is required); what it
     loaded is released before this returns."""
-    if callable(model) and not isinstance(model, TextToImageModel):
-        if identity is None:
-            raise ValueError("encoded_inputs with a model loader needs the model's identity")
-        fingerprint = inputs_fingerprint(identity, dataset, indices, data)
-        cached = saved_inputs(path, fingerprint)
-        if cached is not None:
-            return cached
-        encoders = model()
+    loader = model if callable(model) and not isinstance(model, TextToImageModel) else None
+    if loader is not None and identity is None:
+        raise ValueError("encoded_inputs with a model loader needs the model's identity")
+    fingerprint = inputs_fingerprint(identity if loader is not None else model, dataset, indices, data)
+    cached = saved_inputs(path, fingerprint)
+    if cached is not None:
+        return cached
+    if loader is None:
+        inputs = encode_pairs(model, dataset, indices, progress=progress)
+    else:
+        encoders = loader()
         try:
             inputs = encode_pairs(encoders, dataset, indices, progress=progress)
         finally:
@@ -337,12 +340,6 @@ def encoded_inputs(model: TextToImageModel | Callable[[], TextToImageModel], dat
 
             del encoders
             release_freed_memory()
-    else:
-        fingerprint = inputs_fingerprint(model, dataset, indices, data)
-        cached = saved_inputs(path, fingerprint)
-        if cached is not None:
-            return cached
-        inputs = encode_pairs(model, dataset, indices, progress=progress)
     inputs.save(path, fingerprint)
     log.info("encoded %d pairs (%.1f MiB) into %s", len(inputs), inputs.nbytes() / 2**20, path)
     return inputs

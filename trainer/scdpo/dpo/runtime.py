@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ScdpoError
-
 from .config import BASE_DTYPES
+
 _NAMED = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -25,7 +25,11 @@ from ..errors import IncompatibleModelError, InputFileError, WeightsFormatError
 from ..fileio import read_safetensors_header
 from ..limits import json_object, read_json_file
 
-_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+# safetensors dtype names -> torch dtypes (every one SD weights use)
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+SD_UNET_PREFIX = "model.diffusion_model."  # where a single file keeps its UNet
 SD1_TEXT_PREFIX = "cond_stage_model.transformer."
 SD1_TEXT_KEY = SD1_TEXT_PREFIX + "text_model.embeddings.position_embedding.weight"
 SD1_LEGACY_TEXT_KEY = SD1_TEXT_PREFIX + "embeddings.position_embedding.weight"  # older files: no text_model.
@@ -34,7 +38,7 @@ SDXL_TEXT_KEYS = (
     "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
     "conditioner.embedders.1.model.positional_embedding",
 )
-UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+UNET_IN_KEY = SD_UNET_PREFIX + "input_blocks.0.0.weight"
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ def _dominant_dtype(header: dict, prefix: str) -> torch.dtype:
         info["dtype"] for k, info in header.items() if k.startswith(prefix) and isinstance(info, dict)
         and info.get("dtype") in ("F16", "BF16", "F32")
     )
-    return _SAFETENSORS_DTYPES[counts.most_common(1)[0][0]] if counts else torch.float32
+    return SAFETENSORS_DTYPES[counts.most_common(1)[0][0]] if counts else torch.float32
 
 
 def family_from_keys(path: Path, header: dict) -> str:
@@ -71,9 +75,9 @@ def family_from_keys(path: Path, header: dict) -> str:
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     if has("lora_unet_") or has("lora_te"):
         raise WeightsFormatError(f"{path} is a LoRA, not a base model; pass it as a LoRA and a checkpoint as --base")
-    if has("model.diffusion_model.joint_blocks.") or has("joint_blocks.") or has("text_encoders.clip_g."):
+    if has(SD_UNET_PREFIX + "joint_blocks.") or has("joint_blocks.") or has("text_encoders.clip_g."):
         raise _unsupported(path, "a Stable Diffusion 3 checkpoint")
-    if has("double_blocks.") or has("model.diffusion_model.double_blocks."):
+    if has("double_blocks.") or has(SD_UNET_PREFIX + "double_blocks."):
         raise _unsupported(path, "a Flux checkpoint")
     if all(k in keys for k in SDXL_TEXT_KEYS):
         family = "sdxl"
@@ -170,4 +174,4 @@ def inspect_base_model(path: str | Path) -> BaseModelInfo:
     header = read_safetensors_header(path, what="base model checkpoint")
     family = family_from_keys(path, header)
     legacy = family == "sd15" and SD1_TEXT_KEY not in header
-    return BaseModelInfo(path, family, "single_file", _dominant_dtype(header, "model.diffusion_model."), legacy)
+    return BaseModelInfo(path, family, "single_file", _dominant_dtype(header, SD_UNET_PREFIX), legacy)

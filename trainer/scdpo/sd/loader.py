@@ -22,9 +22,7 @@ import torch
 from ..errors import ScdpoError, WeightsFormatError
 from ..limits import read_json_file
 from .configs import config_dir as shipped_config_dir
-from .detect import SD1_TEXT_PREFIX, BaseModelInfo, inspect_base_model
-
-SD_UNET_PREFIX = "model.diffusion_model."
+from .detect import SD1_TEXT_PREFIX, SD_UNET_PREFIX, BaseModelInfo, inspect_base_model
 from .model import SDTextToImage
 from .tokenizers import clip_tokenizer
 
@@ -50,6 +48,12 @@ def _scheduler(config_source: Path):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_pretrained(str(config_source), subfolder="scheduler", local_files_only=True)
+
+
+def _folder_scheduler(info: BaseModelInfo):
+    """A diffusers folder's own scheduler, or the shipped one of its family when it has none."""
+    has_own = (info.path / "scheduler" / "scheduler_config.json").is_file()
+    return _scheduler(info.path if has_own else shipped_config_dir(info.family))
 
 
 def _check_materialised(path: Path, components: dict) -> None:
@@ -129,7 +133,7 @@ def _folder_variant(root: Path) -> Optional[str]:
 
 
 def _load_folder(info: BaseModelInfo, dtype: torch.dtype, with_unet: bool = True):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     root = info.path
@@ -148,10 +152,7 @@ def _load_folder(info: BaseModelInfo, dtype: torch.dtype, with_unet: bool = True
             tokenizers.append(CLIPTokenizer.from_pretrained(str(root / n), local_files_only=True))
         else:
             tokenizers.append(clip_tokenizer("!" if i else "<|endoftext|>"))
-    if (root / "scheduler" / "scheduler_config.json").is_file():
-        scheduler = DDPMScheduler.from_pretrained(str(root), subfolder="scheduler", local_files_only=True)
-    else:
-        scheduler = _scheduler(shipped_config_dir(info.family))
+    scheduler = _folder_scheduler(info)
     return unet, vae, encoders, tokenizers, scheduler
 
 
@@ -253,8 +254,7 @@ def load_sd_unet(
             scheduler = _scheduler(cfg)
         else:
             unet = load_folder_unet(info.path, dtype, _folder_variant(info.path))
-            has_scheduler = (info.path / "scheduler" / "scheduler_config.json").is_file()
-            scheduler = _scheduler(info.path if has_scheduler else shipped_config_dir(info.family))
+            scheduler = _folder_scheduler(info)
         scale = 2 ** (len(_component_config(info, cfg, "vae").get("block_out_channels", [0] * 4)) - 1)
     _check_materialised(info.path, {"UNet": unet})
     model = SDTextToImage(info.family, unet, None, [], [], _training_scheduler(scheduler), model_id=info.path.stem,

@@ -20,13 +20,10 @@ resolution and reports the peak resident memory above the resident weights.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional
 
@@ -201,14 +198,6 @@ def _rss_bytes(field_name: str = "VmRSS") -> int:
     raise RuntimeError(f"{field_name} not in /proc/self/status (Linux only)")
 
 
-def _trim_heap() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def _reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # resets VmHWM to the current RSS
@@ -236,6 +225,7 @@ def measure_training_step(family: str, resolution: int, rank: int = 16, dtype: t
     from peft import LoraConfig
 
     from ..dpo.loss import sc_dpo_loss
+    from ..dpo.runtime import release_freed_memory
     from ..lora.naming import DEFAULT_TARGET_MODULES
     from .configs import read_config
 
@@ -261,11 +251,11 @@ def measure_training_step(family: str, resolution: int, rank: int = 16, dtype: t
     if family == "sdxl":
         cond["added_cond_kwargs"] = {"text_embeds": torch.randn(2, te[-1], dtype=dtype),
                                      "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * 2, dtype=dtype)}
-    _trim_heap()
+    release_freed_memory()
     resident = _rss_bytes()
     peaks, seconds = [], []
     for _ in range(steps):
-        _trim_heap()
+        release_freed_memory()
         _reset_peak()
         t0 = time.time()
         noise = torch.randn_like(latents[:1]).repeat(2, 1, 1, 1)

@@ -22,10 +22,8 @@ import torch
 from ..errors import WeightsFormatError
 from ..fileio import read_safetensors_header
 from ..limits import read_json_file
+from .detect import SAFETENSORS_DTYPES
 
-_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                 "BOOL": torch.bool}
 _HINT = "re-download or re-export it as .safetensors"
 
 
@@ -45,7 +43,7 @@ def read_tensors(path: str | Path, dtype: Optional[torch.dtype] = None,
         for key, info in entries:
             if select is not None and not select(key):
                 continue
-            stored = _TORCH_DTYPES.get(info["dtype"])
+            stored = SAFETENSORS_DTYPES.get(info["dtype"])
             if stored is None:
                 raise WeightsFormatError(f"{what} {path}: tensor {key!r} is {info['dtype']}, which SD weights never "
                                          f"are; {_HINT}")
