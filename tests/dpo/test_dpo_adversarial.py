@@ -123,3 +123,69 @@ def test_adversarial_training_trains_changes_the_lora_and_needs_cached_inputs(tm
     again = load_lora(train_lora(dataclasses.replace(cfg, name="adv2"), model=copy.deepcopy(toy_model),
                                  dataset=pairs, progress=False))
     assert all(torch.equal(again.tensors[k], v) for k, v in adv.tensors.items())  # deterministic
+
+
+def _harmful_setup(toy_model, pairs, n=6):
+    model = copy.deepcopy(toy_model)
+    params = attach_training_lora(model.unet, 4, 4.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    harmful = [i for i in range(len(pairs)) if pairs[i]["is_harmful"]][:n]
+    inputs = encode_pairs(model, pairs, harmful, progress=False)
+    batch = inputs.batch(harmful)
+    losers = batch.latents[len(harmful):]
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(losers.shape, generator=g)
+    t = torch.randint(300, 900, (len(harmful),), generator=g)
+    sched = model.noise_scheduler
+    return (model, params, inputs, batch, sched.add_noise(losers, noise, t), t,
+            sched.get_velocity(losers, noise, t))
+
+
+def test_universal_attack_moves_one_shift_per_category_within_budget_and_finds_the_losers(toy_model, pairs):
+    from scdpo.dpo.adversarial import UniversalAttack
+
+    model, params, inputs, batch, noisy, t, target = _harmful_setup(toy_model, pairs)
+    dirs = inputs.concept_directions()["hidden"]
+    attacker = UniversalAttack(dirs, budget=2.0, steps=1, lr=0.1)
+    start = attacker.delta.clone()
+    torch.testing.assert_close(start, 2.0 * dirs)  # Ring-A-Bell's point on the budget's sphere
+    cond = inputs.cond.index(batch.safe_rows)
+    cats = batch.category_rows
+    policy = unet_call(model.unet)
+
+    def error(rows):
+        with torch.no_grad():
+            return float(denoising_error(policy(noisy, t, Conditioning(cond.hidden + rows)), target).mean())
+
+    before = error(start[cats])
+    for _ in range(8):
+        rows = attacker.attack(policy, cond, noisy, t, target, cats)
+    assert error(rows) < 0.97 * before  # the shift makes the policy denoise towards the unsafe losers
+    norms = attacker.delta.flatten(1).norm(dim=1)
+    assert torch.all(norms <= attacker.radius * (1 + 1e-5))
+    absent = [k for k in range(dirs.shape[0]) if k not in set(cats.tolist())]
+    for k in absent:  # a category with no row in the batch keeps its shift and its moments
+        assert torch.equal(attacker.delta[k], start[k]) and float(attacker.count[k]) == 0
+    for k in set(cats.tolist()):
+        assert float(attacker.count[k]) == 8 and not torch.equal(attacker.delta[k], start[k])
+    assert torch.equal(rows, attacker.delta[cats])
+    assert all(p.grad is None for p in params)  # nothing reaches the LoRA from the attack
+
+
+def test_universal_adversarial_training_resumes_bit_for_bit(tmp_path, toy_model, pairs):
+    with pytest.raises(ScdpoError, match="adversarial_mode"):
+        TrainConfig(adversarial_mode="sometimes").validate()
+    cfg = TrainConfig(out=str(tmp_path), name="uni", **{**TINY, "adversarial_share": 1.0, "adversarial_steps": 1,
+                                                        "adversarial_mode": "universal"})
+    whole = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    pair_mode = load_lora(train_lora(dataclasses.replace(cfg, name="pair", adversarial_mode="pair"),
+                                     model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    assert any(not torch.equal(pair_mode.tensors[k], v) for k, v in whole.tensors.items())
+    split = dataclasses.replace(cfg, name="split")
+    state = train_lora(split, model=copy.deepcopy(toy_model), dataset=pairs, progress=False, stop_after=3)
+    from scdpo.checkpointing import load_training_checkpoint
+    from scdpo.dpo.train import STATE_KIND
+
+    tensors, _ = load_training_checkpoint(state, STATE_KIND)
+    assert {"attack.delta", "attack.m", "attack.v", "attack.count"} <= set(tensors)
+    resumed = load_lora(train_lora(split, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    assert all(torch.equal(resumed.tensors[k], v) for k, v in whole.tensors.items())

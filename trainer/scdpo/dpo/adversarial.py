@@ -77,3 +77,66 @@ def adversarial_rows(category_rows: torch.Tensor, safe_rows: torch.Tensor, drop:
     eta = torch.rand(b, generator=generator) * budget
     pick &= (category_rows >= 0) & (safe_rows >= 0) & ~torch.tensor(list(drop), dtype=torch.bool)
     return pick, eta
+
+
+class UniversalAttack:
+    """One attack shift ``δ_k`` ``[L, D]`` per category, kept from step to step and refined against the
+    current policy (``--adversarial-mode universal``).
+
+    The evaluation's soft-prompt attack (and UnlearnDiffAtk's) is one offset per concept, optimised
+    over many prompts and noise draws; a shift optimised per pair on one noise draw finds what makes
+    that one sample easier, not what makes the model draw the concept. This attacker plays the
+    evaluation's game during training: ``δ_k`` starts at ``budget · d_k`` (Ring-A-Bell's point on the
+    budget's sphere), and every training step moves it ``steps`` Adam steps (learning rate ``lr`` ×
+    the RMS entry of a shift at the budget) to lower the policy's denoising error on the batch's
+    unsafe losers of category ``k`` conditioned on their safe rewrites, then projects it back into
+    ``‖δ_k‖ ≤ budget · ‖d_k‖``. Over a run the attacker follows the LoRA, so the LoRA is trained
+    where the strongest universal shift of the moment sits. Its state (shifts and Adam moments) is
+    part of the training checkpoint.
+    """
+
+    BETAS = (0.9, 0.999)
+
+    def __init__(self, directions: torch.Tensor, budget: float, steps: int, lr: float = 0.1):
+        directions = directions.detach().float()
+        self.radius = budget * directions.flatten(1).norm(dim=1)  # [K]
+        self.delta = budget * directions.clone()
+        self.m = torch.zeros_like(self.delta)
+        self.v = torch.zeros_like(self.delta)
+        self.count = torch.zeros(directions.shape[0])  # Adam steps taken, per category
+        self.steps = steps
+        self.step_size = lr * self.radius / float(directions[0].numel()) ** 0.5  # [K]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"delta": self.delta, "m": self.m, "v": self.v, "count": self.count}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for key, value in tensors.items():
+            getattr(self, key).copy_(value)
+
+    def attack(self, policy: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor],
+               cond: Conditioning, noisy_losers: torch.Tensor, timesteps: torch.Tensor, targets: torch.Tensor,
+               categories: torch.Tensor) -> torch.Tensor:
+        """Refine the shifts of ``categories`` ``[N]`` on these rows; returns each row's shift ``[N, L, D]``."""
+        device = cond.hidden.device
+        cats = categories.cpu()
+        present = torch.bincount(cats, minlength=self.delta.shape[0]) > 0
+        b1, b2 = self.BETAS
+        for _ in range(self.steps):
+            delta = self.delta.to(device).requires_grad_(True)
+            rows = delta[categories.to(device)]
+            attacked = Conditioning((cond.hidden.float() + rows).to(cond.hidden.dtype), cond.added)
+            error = denoising_error(policy(noisy_losers, timesteps, attacked), targets).sum()
+            (grad,) = torch.autograd.grad(error, delta)
+            grad = grad.detach().float().cpu()
+            with torch.no_grad():
+                self.count += present.float()
+                keep = present.view(-1, *([1] * (grad.ndim - 1)))
+                self.m = torch.where(keep, b1 * self.m + (1 - b1) * grad, self.m)
+                self.v = torch.where(keep, b2 * self.v + (1 - b2) * grad * grad, self.v)
+                c = self.count.clamp(min=1).view_as(self.radius)
+                m_hat = self.m / (1 - b1 ** c).view(-1, *([1] * (grad.ndim - 1)))
+                v_hat = self.v / (1 - b2 ** c).view(-1, *([1] * (grad.ndim - 1)))
+                move = self.step_size.view(-1, *([1] * (grad.ndim - 1))) * m_hat / (v_hat.sqrt() + 1e-8)
+                self.delta = project_l2(torch.where(keep, self.delta - move, self.delta), self.radius)
+        return self.delta[cats].to(device)

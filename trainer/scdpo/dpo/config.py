@@ -26,6 +26,7 @@ FF_MODULES = ["ff.net.0.proj", "ff.net.2"]
 LR_SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+ADVERSARIAL_MODES = ("pair", "universal")
 OPTIMIZERS = ("adamw", "adamw8bit")
 TOY_ORACLE_DATA = "toy-oracle"
 
@@ -75,6 +76,8 @@ class TrainConfig:
     adversarial_share: float = 0.0  # share of harmful pairs trained under an attack on the current LoRA (0: off)
     adversarial_steps: int = 3  # projected gradient steps of that attack per training step
     adversarial_budget: float = 2.0  # its L2 budget, in units of the category's concept-direction norm
+    adversarial_mode: str = "pair"  # pair (a shift per pair, from scratch) | universal (one shift per category, kept)
+    adversarial_lr: float = 0.1  # universal mode: Adam step, as a share of a budget-sized shift's RMS entry
     shift_augment: float = 0.0  # share of harmful pairs trained with winner and loser moved sideways together
     shift_fraction: float = 0.25  # largest such move, as a share of the image width
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
@@ -148,6 +151,9 @@ class TrainConfig:
             raise bad("shift_augment needs the encoded inputs: drop --no-cache-inputs")
         if self.adversarial_share > 0 and not self.cache_inputs:
             raise bad("adversarial_share needs the encoded inputs: drop --no-cache-inputs")
+        if self.adversarial_mode not in ADVERSARIAL_MODES or not self.adversarial_lr > 0:
+            raise bad(f"adversarial_mode must be one of {', '.join(ADVERSARIAL_MODES)} and adversarial_lr > 0 (got "
+                      f"{self.adversarial_mode!r}, {self.adversarial_lr})")
         for key, allowed in (("lr_schedule", LR_SCHEDULES), ("mixed_precision", MIXED_PRECISION),
                              ("base_dtype", BASE_DTYPES), ("optimizer", OPTIMIZERS)):
             if getattr(self, key) not in allowed:
@@ -264,6 +270,10 @@ _HELP = {
                          "docs/method.md)",
     "adversarial_steps": "projected gradient steps of that attack per training step",
     "adversarial_budget": "the attack's L2 budget, in units of the category's concept-direction norm",
+    "adversarial_mode": "pair: each attacked pair gets its own shift, optimised from a random push along the "
+                        "concept direction; universal: one shift per category, kept from step to step and refined "
+                        "against the current LoRA, as the evaluation's soft-prompt attack is (see docs/method.md)",
+    "adversarial_lr": "universal mode: the attacker's Adam step, as a share of the RMS entry of a shift at the budget",
     "shift_augment": "share of harmful pairs trained with winner and loser moved sideways together, so the "
                      "concept goes wherever a prompt puts it, not only where the training captions do (0 = off; "
                      "see docs/method.md)",

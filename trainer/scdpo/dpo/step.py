@@ -18,6 +18,7 @@ from .loss import ScDpoDiagnostics, denoising_error, sc_dpo_loss
 from .pairs import PairBatch
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .adversarial import UniversalAttack
     from .inputs import EncodedPairBatch
 
 TRAIN_ADAPTER = "scdpo_train"
@@ -132,8 +133,10 @@ def disabled_adapter_reference(unet: torch.nn.Module) -> UNetCall:
 
 def _attacked(model: TextToImageModel, policy: UNetCall, batch: "EncodedPairBatch", cond: Conditioning,
               losers: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, drop: Sequence[bool],
-              generator: torch.Generator, share: float, steps: int, budget: float, device) -> Conditioning:
-    """``cond`` with the picked harmful pairs' rows replaced by their safe rewrite + an attack shift."""
+              generator: torch.Generator, share: float, steps: int, budget: float, device,
+              universal: Optional["UniversalAttack"] = None) -> Conditioning:
+    """``cond`` with the picked harmful pairs' rows replaced by their safe rewrite + an attack shift
+    (optimised per pair, or the category's shift of ``universal`` refined on them)."""
     from .adversarial import adversarial_rows, attack_conditioning
 
     pick, eta = adversarial_rows(batch.category_rows, batch.safe_rows, drop, generator, share, budget)
@@ -151,7 +154,10 @@ def _attacked(model: TextToImageModel, policy: UNetCall, batch: "EncodedPairBatc
     noisy = scheduler.add_noise(losers[idx_d], noise[idx_d], timesteps[idx_d])
     target = (scheduler.get_velocity(losers[idx_d], noise[idx_d], timesteps[idx_d])
               if scheduler.config.prediction_type == "v_prediction" else noise[idx_d])
-    delta = attack_conditioning(policy, rewrite, noisy, timesteps[idx_d], target, start, radius, steps)
+    if universal is not None:
+        delta = universal.attack(policy, rewrite, noisy, timesteps[idx_d], target, batch.category_rows[idx])
+    else:
+        delta = attack_conditioning(policy, rewrite, noisy, timesteps[idx_d], target, start, radius, steps)
     hidden = cond.hidden.clone()
     hidden[idx_d] = (rewrite.hidden.float() + delta).to(hidden.dtype)
     added = {}
@@ -181,6 +187,7 @@ def dpo_batch_loss(
     winner_anchor: float = 0.0,
     shift_augment: float = 0.0,
     shift_fraction: float = 0.25,
+    universal_attack: Optional["UniversalAttack"] = None,
 ) -> tuple[torch.Tensor, ScDpoDiagnostics]:
     """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
 
@@ -217,7 +224,7 @@ def dpo_batch_loss(
         if not hasattr(batch, "augment"):
             raise ScdpoError("adversarial training needs inputs encoded before training (--cache-inputs)")
         cond = _attacked(model, policy, batch, cond, latents[b:], noise, timesteps, drop, generator,
-                         adversarial_share, adversarial_steps, adversarial_budget, device)
+                         adversarial_share, adversarial_steps, adversarial_budget, device, universal_attack)
     noise2, timesteps2, cond2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps]), cond.cat(cond)
     noisy = scheduler.add_noise(latents, noise2, timesteps2)
     if scheduler.config.prediction_type == "v_prediction":

@@ -258,6 +258,8 @@ class _TrainingRun:
         self.started_at = time.time()  # wall clock of the run's first start
         self.resumed_at = self.started_at  # wall clock when this process's first step began
         self.policy = self.policy_call = self.reference_call = None
+        self.attacker = None  # the universal attacker, made on the first batch (it needs the concept directions)
+        self.attacker_state: dict[str, torch.Tensor] = {}  # its checkpointed state, until it is made
 
     def resume(self) -> None:
         """Restore the LoRA, optimiser, LR schedule, RNG states, EMAs and clock from the checkpoint, if
@@ -273,6 +275,7 @@ class _TrainingRun:
                     raise ScdpoError(f"{state_path} lacks LoRA tensor {name}; pass --no-resume to start over")
                 param.copy_(tensors[f"lora.{name}"])
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        self.attacker_state = {k[len("attack."):]: v for k, v in tensors.items() if k.startswith("attack.")}
         self.scheduler.load_state_dict(meta["scheduler"])
         set_rng_state(meta.get("rng", {}))
         if "python_rng" in meta:  # JSON turned the state tuple into lists
@@ -337,6 +340,8 @@ class _TrainingRun:
         for micro in range(cfg.grad_accum):
             micro_step = step * cfg.grad_accum + micro
             batch = make_batch(order.batch(micro_step, self.rank, self.world, cfg.batch_size))
+            if self.attacker is None and cfg.adversarial_share > 0 and cfg.adversarial_mode == "universal":
+                self.attacker = self._make_attacker(batch)
             sync = micro == cfg.grad_accum - 1  # processes exchange gradients once, on the last micro-batch
             with (contextlib.nullcontext() if sync else accelerator.no_sync(self.policy)), accelerator.autocast():
                 loss, diag = dpo_batch_loss(
@@ -347,6 +352,7 @@ class _TrainingRun:
                     adversarial_share=cfg.adversarial_share, adversarial_steps=cfg.adversarial_steps,
                     adversarial_budget=cfg.adversarial_budget, winner_anchor=cfg.winner_anchor,
                     shift_augment=cfg.shift_augment, shift_fraction=cfg.shift_fraction,
+                    universal_attack=self.attacker,
                 )
                 accelerator.backward(loss / cfg.grad_accum)
             scalars = {"loss": float(loss.detach()), **diag.scalars()}
@@ -359,6 +365,16 @@ class _TrainingRun:
         self.optimizer.zero_grad(set_to_none=True)
         means = accelerator.reduce((sums / cfg.grad_accum).to(accelerator.device), reduction="mean").cpu()
         return dict(zip(_LOG_KEYS, means.tolist())), grad_norm
+
+    def _make_attacker(self, batch):
+        from .adversarial import UniversalAttack
+
+        cfg = self.cfg
+        attacker = UniversalAttack(batch.inputs.concept_directions()["hidden"], cfg.adversarial_budget,
+                                   cfg.adversarial_steps, cfg.adversarial_lr)
+        if self.attacker_state:
+            attacker.load_state(self.attacker_state)
+        return attacker
 
     def log(self, writer, done: int, scalars: dict[str, float], grad_norm: Optional[float]) -> None:
         """TensorBoard scalars of the step that made ``done`` steps: ``train/<key>``, ``train/lr``,
@@ -378,7 +394,8 @@ class _TrainingRun:
         if self.accelerator.is_main_process:
             save_training_checkpoint(
                 self.paths["state"],
-                {f"lora.{n}": p.detach() for n, p in lora_named_parameters(self.unet).items()},
+                {**{f"lora.{n}": p.detach() for n, p in lora_named_parameters(self.unet).items()},
+                 **{f"attack.{k}": v for k, v in (self.attacker.state() if self.attacker else {}).items()}},
                 getattr(self.optimizer, "optimizer", self.optimizer),  # the plain optimiser inside accelerate's
                 {
                     "step": step, "pairs_seen": step * cfg.grad_accum * cfg.batch_size * world,
