@@ -41,6 +41,9 @@ def oracle_unsafe(images) -> list[bool]:
     return [v.is_unsafe for v in judge_images(np.stack([np.asarray(im.convert("RGB")) for im in images]))]
 
 
+_KEEP: list = []  # temporary folders of this test session, removed at interpreter exit
+
+
 @functools.lru_cache(maxsize=None)
 def toy_cost_model() -> str:
     """Path of a toy cost model trained once per test session on 4000 renders (oracle labels) over
@@ -76,6 +79,8 @@ def toy_cost_model() -> str:
         torch.manual_seed(0)
         model, _ = train_cost_model(examples, load_toy_encoder(shipped_toy_encoder()),
                                     CostTrainConfig(steps=1200, target_fpr=0.02), progress=False)
-    path = Path(tempfile.mkdtemp(prefix="scdpo_gate_test_")) / "toy_cost_trained_here.safetensors"
+    folder = tempfile.TemporaryDirectory(prefix="scdpo_gate_test_")
+    _KEEP.append(folder)  # removed at interpreter exit
+    path = Path(folder.name) / "toy_cost_trained_here.safetensors"
     model.save(path)
     return str(path)

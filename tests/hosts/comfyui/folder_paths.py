@@ -6,7 +6,9 @@ import os
 import tempfile
 
 supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
-base_path = tempfile.mkdtemp(prefix="fake_comfyui_")
+# removed when the interpreter exits (the object's finaliser), so test runs leave no folders behind
+_TREE = tempfile.TemporaryDirectory(prefix="fake_comfyui_")
+base_path = _TREE.name
 models_dir = os.path.join(base_path, "models")
 folder_names_and_paths: dict[str, tuple[list[str], set[str]]] = {}
 
