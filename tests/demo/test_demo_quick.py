@@ -6,6 +6,7 @@ import json
 import pytest
 
 from scdpo.cli import main
+from scdpo.workers import default_workers
 
 METHODS = {"base", "sc-dpo", "diffusion-dpo", "safetydpo", "safetydpo-average", "negative-prompt",
            "safe-guidance", "blacklist", "sc-dpo-adversarial"}
@@ -36,12 +37,17 @@ def test_quick_demo_writes_the_report_with_every_method(demo_out):
     config = (demo_out / "loras" / "sc-dpo.config.toml").read_text()
     assert "winner_anchor = 0.5" in config and "adversarial_share = 0.0" in config
     adversarial = (demo_out / "loras" / "sc-dpo-adversarial.config.toml").read_text()
-    assert "adversarial_share = 0.5" in adversarial and "winner_anchor = 0.5" in adversarial
+    assert "adversarial_share = 0.25" in adversarial and 'adversarial_mode = "universal"' in adversarial
+    assert "winner_anchor = 0.5" in adversarial and "train_ff = true" in adversarial
     baseline = (demo_out / "loras" / "diffusion-dpo.config.toml").read_text()
     assert "winner_anchor = 0.0" in baseline and "lam = 0.0" in baseline
     summary = json.loads((demo_out / "scp" / "dataset.json").read_text())
     assert summary["config"]["composite_frac"] == 0.2
     assert set(report["timings"]) and all(v >= 0 for v in report["timings"].values())
+    if default_workers() > 1:  # training stages side by side, each in its own one-thread process
+        assert any(k.startswith("side by side: lora train: sc-dpo-adversarial") for k in report["timings"])
+        assert "wrote" in (demo_out / "logs" / "lora_train__sc-dpo.log").read_text()
+        assert (demo_out / "loras" / "jobs" / "sc-dpo.toml").exists()
 
 
 @pytest.mark.slow

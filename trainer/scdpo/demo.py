@@ -29,7 +29,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from .fileio import ensure_writable_dir
 
@@ -58,13 +58,22 @@ class DemoPlan:
     concept_augment: float = 0.5  # SC-DPO rows: share of harmful pairs under a pushed embedding
     concept_scale: float = 4.0
     winner_anchor: float = 0.5  # SC-DPO rows: μ (validation: dir+syn+mis 38 -> 9 % unsafe, strict verdict)
-    adversarial_share: float = 0.5  # the sc-dpo-adversarial row: share of harmful pairs attacked in the loop
-    adversarial_steps: int = 3
-    adversarial_budget: float = 2.0  # the evaluation's optimised attacks use the same budget
+    # the sc-dpo-adversarial row: a quarter of the harmful pairs trained under a universal attack kept and
+    # refined against the current LoRA (one Adam step per training step), at the budget the evaluation's
+    # optimised attacks get, with the LoRA also on the transformer blocks' projections and feed-forward
+    # layers (validation, one seed: adversarial 40 -> 27 % unsafe at 6 points of near-miss fidelity;
+    # docs/results.md §2)
+    adversarial_share: float = 0.25
+    adversarial_steps: int = 1
+    adversarial_budget: float = 2.0
+    adversarial_mode: str = "universal"
     eval_n: int = 10
     eval_split: str = "test"
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
-    threads: int = 0  # torch threads per stage (0 = all cores)
+    threads: int = 0  # torch threads of the stages run in this process (0 = all cores)
+    # processes for the training and evaluation stages, one thread each (0 = one per core; 1 = every stage
+    # in this process, with ``threads`` threads)
+    workers: int = 0
     # sc-dpo variants trained and reported beside the main row (``sc-dpo-no-anchor`` is the other one
     # :func:`method_options` knows; its evidence is a validation experiment, docs/results.md §2)
     variants: tuple = ("sc-dpo-adversarial",)
@@ -81,35 +90,83 @@ class DemoPlan:
 
 @dataclass
 class Stage:
-    """One step of the demo: ``run`` does it, ``done`` says its output is already there."""
+    """One step of the demo: ``run`` does it, ``done`` says its output is already there. ``command``,
+    where set, gives the same step as ``scdpo`` command-line arguments, so that consecutive such stages
+    can run side by side in their own processes (:mod:`scdpo.workers`)."""
 
     name: str
     run: Callable[[], object]
     done: Callable[[], bool] = lambda: False
+    command: Optional[Callable[[], list[str]]] = None
 
 
 class StageRunner:
-    """Runs stages in order, printing ``[i/n] name`` lines and keeping each stage's seconds."""
+    """Runs stages in order, printing ``[i/n] name`` lines and keeping each stage's seconds. With
+    ``workers`` > 1, consecutive stages that have a ``command`` run as one-thread processes, at most
+    ``workers`` at once, their output in ``logs/<stage>.log``; each keeps its own seconds."""
 
-    def __init__(self, verbose: bool = False):
+    def __init__(self, verbose: bool = False, workers: int = 1, logs: Optional[Path] = None):
         self.verbose = verbose
+        self.workers = workers
+        self.logs = logs
         self.timings: dict[str, float] = {}
         self.skipped: set[str] = set()
 
     def run_all(self, stages: list[Stage]) -> None:
-        for index, stage in enumerate(stages, 1):
-            prefix = f"[{index}/{len(stages)}] {stage.name}"
-            if stage.done():
-                print(f"{prefix}: already done, skipped", flush=True)
-                self.timings[stage.name] = 0.0
-                self.skipped.add(stage.name)
-                continue
-            print(f"{prefix} ...", flush=True)
-            t0 = time.time()
-            with contextlib.redirect_stdout(io.StringIO()) if not self.verbose else contextlib.nullcontext():
-                stage.run()
-            self.timings[stage.name] = round(time.time() - t0, 1)
-            print(f"{prefix}: done in {self.timings[stage.name]:.0f}s", flush=True)
+        index = 0
+        while index < len(stages):
+            group = [stages[index]]
+            while self.workers > 1 and group[-1].command and index + len(group) < len(stages) \
+                    and stages[index + len(group)].command:
+                group.append(stages[index + len(group)])
+            if len(group) > 1:
+                self._run_side_by_side(group, index, len(stages))
+            else:
+                self._run_here(stages[index], index + 1, len(stages))
+            index += len(group)
+
+    def _skip(self, stage: Stage, prefix: str) -> bool:
+        if not stage.done():
+            return False
+        print(f"{prefix}: already done, skipped", flush=True)
+        self.timings[stage.name] = 0.0
+        self.skipped.add(stage.name)
+        return True
+
+    def _run_here(self, stage: Stage, number: int, total: int) -> None:
+        prefix = f"[{number}/{total}] {stage.name}"
+        if self._skip(stage, prefix):
+            return
+        print(f"{prefix} ...", flush=True)
+        t0 = time.time()
+        with contextlib.redirect_stdout(io.StringIO()) if not self.verbose else contextlib.nullcontext():
+            stage.run()
+        self.timings[stage.name] = round(time.time() - t0, 1)
+        print(f"{prefix}: done in {self.timings[stage.name]:.0f}s", flush=True)
+
+    def _run_side_by_side(self, group: list[Stage], first: int, total: int) -> None:
+        from .workers import Job, run_jobs
+
+        prefixes = {stage.name: f"[{first + i + 1}/{total}] {stage.name}" for i, stage in enumerate(group)}
+        todo = [stage for stage in group if not self._skip(stage, prefixes[stage.name])]
+        if not todo:
+            return
+        logs = self.logs or Path(".")
+        jobs = [Job(stage.name, stage.command(), logs / f"{_file_name(stage.name)}.log") for stage in todo]
+        print(f"{', '.join(prefixes[j.name] for j in jobs)}: {min(self.workers, len(jobs))} at a time, "
+              f"one thread each ...", flush=True)
+        t0 = time.time()
+
+        def done(job: Job) -> None:
+            self.timings[job.name] = job.seconds
+            print(f"{prefixes[job.name]}: done in {job.seconds:.0f}s", flush=True)
+
+        run_jobs(jobs, self.workers, on_done=done)
+        self.timings[f"side by side: {', '.join(j.name for j in jobs)}"] = round(time.time() - t0, 1)
+
+
+def _file_name(stage_name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stage_name).strip("_")
 
 
 def method_options(plan: DemoPlan, method: str) -> dict:
@@ -119,7 +176,8 @@ def method_options(plan: DemoPlan, method: str) -> dict:
         return {**augment, "winner_anchor": plan.winner_anchor}
     if method == "sc-dpo-adversarial":
         return {**method_options(plan, "sc-dpo"), "adversarial_share": plan.adversarial_share,
-                "adversarial_steps": plan.adversarial_steps, "adversarial_budget": plan.adversarial_budget}
+                "adversarial_steps": plan.adversarial_steps, "adversarial_budget": plan.adversarial_budget,
+                "adversarial_mode": plan.adversarial_mode, "train_ff": True, "train_proj": True}
     if method == "sc-dpo-no-anchor":
         return augment
     if method == "diffusion-dpo":
@@ -140,13 +198,23 @@ def train_config(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, 
 
 def train_stage(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, tuned: dict, options: dict,
                 verbose: bool = False) -> Stage:
-    """``scdpo lora train`` of one LoRA, skipped when its file exists."""
+    """``scdpo lora train`` of one LoRA, skipped when its file exists; as a command, ``scdpo lora train
+    --config`` of its configuration, written to ``loras/jobs/<name>.toml``."""
     def run() -> None:
         from .dpo.train import train_lora
 
         train_lora(train_config(plan, scp, cost, loras, name, tuned, options), progress=verbose)
 
-    return Stage(f"lora train: {name}", run, (loras / f"{name}.safetensors").exists)
+    def command() -> list[str]:
+        from .dpo.config import save_train_config
+
+        path = loras / "jobs" / f"{name}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_train_config(train_config(plan, scp, cost, loras, name, tuned, options), path,
+                          header=f"scdpo lora train --config {path.name} (a stage of scdpo demo)")
+        return ["lora", "train", "--config", str(path), "--quiet"]
+
+    return Stage(f"lora train: {name}", run, (loras / f"{name}.safetensors").exists, command)
 
 
 def data_stages(out: Path, plan: DemoPlan) -> list[Stage]:
@@ -180,7 +248,10 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     apply_threads(plan.threads)
     out = ensure_writable_dir(out)
     cost, scp, loras = out / "cost_model.safetensors", out / "scp", out / "loras"
-    runner = StageRunner(verbose)
+    from .workers import default_workers
+
+    workers = plan.workers or default_workers()
+    runner = StageRunner(verbose, workers, logs=out / "logs")
     stages = data_stages(out, plan)
     if data_only:
         runner.run_all(stages)
@@ -196,10 +267,11 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
         main["lam"] = 0.0
     if not clean_pairs:
         main["clean_pairs"] = False
-    stages += [train("sc-dpo", "sc-dpo", main),
-               train("diffusion-dpo", "diffusion-dpo", method_options(plan, "diffusion-dpo"))]
+    # the longest training first, so that side by side the last one to finish is a short one
     variants = tuple(plan.variants)
     stages += [train(name, "sc-dpo", method_options(plan, name)) for name in variants]
+    stages += [train("sc-dpo", "sc-dpo", main),
+               train("diffusion-dpo", "diffusion-dpo", method_options(plan, "diffusion-dpo"))]
     experts = []
     for cat in _categories():
         name = f"safetydpo-expert-{cat}"
@@ -224,7 +296,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
 
     stages.append(Stage(f"eval: all methods on the {plan.eval_split} split", lambda: run_evaluation(
         out, methods=DEFAULT_METHODS, loras=tuple(f"{n}={p}" for n, p in lora_files.items()), n=plan.eval_n,
-        steps=plan.gen_steps, split=plan.eval_split), report_fresh))
+        steps=plan.gen_steps, split=plan.eval_split, workers=workers), report_fresh))
     runner.run_all(stages)
 
     report = json.loads(report_path.read_text())
@@ -266,6 +338,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="instead of the baselines and the report: train every method at every point of the "
                         "β / learning-rate / steps grid and score it on the validation split (see scdpo.tuning); "
                         "writes --out/search/search.json")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes for the training and evaluation stages, one torch thread each (default 0: one "
+                        "per core; 1: every stage in this process with all threads, whose float sums differ "
+                        "slightly from one-thread runs)")
     p.add_argument("--verbose", action="store_true", help="show every stage's own output")
     p.set_defaults(func=_run)
 
@@ -275,6 +351,11 @@ def _run(args) -> int:
 
     plan = DemoPlan.quick() if args.quick else DemoPlan()
     plan.eval_split = args.split
+    if args.workers < 0:
+        from .errors import ScdpoError
+
+        raise ScdpoError(f"--workers must be 0 (one per core) or more (got {args.workers})")
+    plan.workers = args.workers
     t0 = time.time()
     if args.search:
         from .tuning import run_search

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attacks", default=",".join(FAMILIES),
                    help=f"comma list of attack families (default: all of {', '.join(FAMILIES)}; '' = none)")
     p.add_argument("--out", default="out/eval", help="output folder (default out/eval)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="evaluate methods in this many one-thread processes at once (default 1: all in this "
+                        "process); the numbers equal a one-thread run")
     p.add_argument("--json", action="store_true", help="print the report's methods as one JSON line at the end")
     p.set_defaults(func=_run)
 
@@ -73,9 +76,12 @@ def build_methods(model, method_names: list[str], loras: list[str], strength: fl
 
 def run_evaluation(out: str | Path, *, model: str | None = None, methods: tuple[str, ...] = DEFAULT_METHODS,
                    loras: tuple[str, ...] = (), lora_strength: float = 1.0, n: int = 16, steps: int = 20,
-                   seed: int = 1234, split: str = "validation", attacks: tuple[str, ...] = FAMILIES) -> dict:
+                   seed: int = 1234, split: str = "validation", attacks: tuple[str, ...] = FAMILIES,
+                   workers: int = 1) -> dict:
     """Evaluate ``methods`` and ``loras`` (``[NAME=]FILE``) on the toy suites of ``split``, write
-    report.json / report.html / grids to ``out`` and return the report."""
+    report.json / report.html / grids to ``out`` and return the report. ``workers`` > 1: each method is
+    evaluated by its own one-thread ``scdpo eval`` process, at most ``workers`` at once, and the reports
+    merged (:mod:`scdpo.workers`); the numbers are those of a one-thread run of all methods in one process."""
     from ..fileio import ensure_writable_dir
     from ..models import load_base_model
     from ..toy.model import ToyTextToImage
@@ -91,6 +97,12 @@ def run_evaluation(out: str | Path, *, model: str | None = None, methods: tuple[
     unknown = [f for f in attacks if f not in FAMILIES]
     if unknown:
         raise ScdpoError(f"unknown attack family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    if workers < 1:
+        raise ScdpoError(f"--workers must be at least 1 (got {workers})")
+    if workers > 1 and len(built) > 1:
+        given = {"model": model, "lora_strength": lora_strength, "n": n, "steps": steps, "seed": seed,
+                 "split": split, "attacks": attacks}
+        return _evaluate_in_workers(out, built, list(loras), given, workers)
     cfg = EvalConfig(n=n, steps=steps, seed=seed, split=split, attacks=tuple(attacks))
     bar = tqdm(total=len(built), desc="eval", unit="method")
 
@@ -105,6 +117,33 @@ def run_evaluation(out: str | Path, *, model: str | None = None, methods: tuple[
     return write_reports(out, report, samples)
 
 
+def _evaluate_in_workers(out: Path, built: list, loras: list[str], given: dict, workers: int) -> dict:
+    """One ``scdpo eval`` process per method (in ``out/parts/<i>``, removed after the merge)."""
+    import shutil
+
+    from ..workers import Job, run_jobs
+    from .report import merge_reports
+
+    common = ["eval", "--n", str(given["n"]), "--steps", str(given["steps"]), "--seed", str(given["seed"]),
+              "--split", given["split"], "--attacks", ",".join(given["attacks"]),
+              "--lora-strength", str(given["lora_strength"])]
+    if given["model"]:
+        common += ["--model", str(given["model"])]
+    lora_specs = {m.name: spec for m, spec in zip([m for m in built if m.lora_path], loras)}
+    parts = out / "parts"
+    jobs = []
+    for i, method in enumerate(built):
+        which = (["--method", "", "--lora", lora_specs[method.name]] if method.name in lora_specs
+                 else ["--method", method.name])
+        jobs.append(Job(method.name, [*common, *which, "--out", str(parts / str(i))], parts / f"{i}.log"))
+    bar = tqdm(total=len(jobs), desc="eval", unit="method")
+    run_jobs(jobs, workers, on_done=lambda job: (bar.set_postfix(method=job.name), bar.update(1)))
+    bar.close()
+    report = merge_reports(out, [parts / str(i) for i in range(len(jobs))])
+    shutil.rmtree(parts, ignore_errors=True)
+    return report
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(w.strip() for w in text.split(",") if w.strip())
 
@@ -112,7 +151,7 @@ def _words(text: str) -> tuple[str, ...]:
 def _run(args) -> int:
     report = run_evaluation(args.out, model=args.model, methods=_words(args.method), loras=tuple(args.lora),
                             lora_strength=args.lora_strength, n=args.n, steps=args.steps, seed=args.seed,
-                            split=args.split, attacks=_words(args.attacks))
+                            split=args.split, attacks=_words(args.attacks), workers=args.workers)
     print(format_table(report))
     print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.html'}")
     if args.json:

@@ -36,8 +36,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -128,19 +129,43 @@ def tradeoff_plot(report: dict, size: tuple[int, int] = (640, 480)) -> Image.Ima
 
 def write_reports(out: str | Path, report: dict, samples: Mapping[str, Mapping[str, torch.Tensor]]) -> dict:
     """Write ``report.json``, ``report.html``, ``tradeoff.png`` and ``grid_<method>.png`` under ``out``."""
-    out = Path(out)
+    keys = list(next(iter(samples.values())).keys()) if samples else []
+    grids = {name: image_grid([s[k] for k in keys]) for name, s in samples.items()}
+    return _write_reports(Path(out), report, grids, keys)
+
+
+def merge_reports(out: str | Path, parts: Sequence[str | Path]) -> dict:
+    """One report under ``out`` from the reports (``report.json`` + grids) that evaluations of some of the
+    methods each wrote to a folder of ``parts``, methods in the order of ``parts``. The parts must come
+    from the same evaluation settings (split, suites, seeds)."""
+    from PIL import Image
+
+    reports, grids = [], {}
+    for part in map(Path, parts):
+        report = json.loads((part / "report.json").read_text())
+        for name, file in report.get("artifacts", {}).get("grids", {}).items():
+            with Image.open(part / file) as img:
+                grids[name] = img.convert("RGB")
+        reports.append(report)
+    first = reports[0]
+    for other in reports[1:]:
+        for key in ("split", "config", "suites"):
+            if other.get(key) != first.get(key):
+                raise ValueError(f"cannot merge evaluation reports made with different {key}")
+    merged = {k: v for k, v in first.items() if k not in ("methods", "relative_reduction", "artifacts")}
+    merged["methods"] = {name: m for r in reports for name, m in r["methods"].items()}
+    return _write_reports(Path(out), merged, grids, first.get("artifacts", {}).get("grid_rows", []))
+
+
+def _write_reports(out: Path, report: dict, grids: Mapping, keys: list) -> dict:
     report = dict(report)
     report["relative_reduction"] = relative_reductions(report)
     plot = tradeoff_plot(report)
     with atomic_path(out / "tradeoff.png") as tmp:
         plot.save(tmp, format="PNG")
-    grids = {}
-    keys = list(next(iter(samples.values())).keys()) if samples else []
-    for name, s in samples.items():
-        grid = image_grid([s[k] for k in keys])
+    for name, grid in grids.items():
         with atomic_path(out / f"grid_{name}.png") as tmp:
             grid.save(tmp, format="PNG")
-        grids[name] = grid
     report.setdefault("artifacts", {}).update(
         {"tradeoff_plot": "tradeoff.png", "grids": {k: f"grid_{k}.png" for k in grids}, "grid_rows": keys})
     write_json_atomic(out / "report.json", report)
