@@ -204,6 +204,33 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
         build_scp_dataset(model, scorer, reward, prompts, _cfg(candidates=2), tmp_path / "resumed", progress=False)
 
 
+def test_shards_built_apart_give_the_dataset_of_one_build(tmp_path, tiny_setup):
+    model, scorer = tiny_setup
+    cfg = _cfg()
+    prompts = toy_prompt_specs(cfg.n_prompts, 0.5, 0.15, cfg.seed)
+    reward = ToyFidelityReward()
+    full = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "full", progress=False)
+    out = tmp_path / "sharded"
+    first = build_scp_dataset(model, scorer, reward, prompts, cfg, out, progress=False, shard=(1, 2))
+    assert first.n_pairs == -1 and first.summary["shard"] == [1, 2] and not (out / "pairs.parquet").exists()
+    state = json.loads((out / "build_state.shard-1-of-2.json").read_text())
+    n_chunks = -(-cfg.n_prompts // cfg.chunk_prompts)
+    assert sorted(state["done"]) == [f"{i * cfg.chunk_prompts:06d}" for i in range(1, n_chunks, 2)]
+    # the shard 0 of 2 is left out: the merging build makes its chunks itself
+    merged = build_scp_dataset(model, scorer, reward, prompts, cfg, out, progress=False)
+    a = pq.read_table(tmp_path / "full" / "pairs.parquet")
+    b = pq.read_table(out / "pairs.parquet")
+    assert merged.n_pairs == full.n_pairs and a.equals(b)
+    assert merged.summary["skipped_prompts"] == full.summary["skipped_prompts"]
+    assert not list(out.glob("build_state.shard-*")) and not (out / "parts").exists()
+    other = tmp_path / "other"
+    build_scp_dataset(model, scorer, reward, prompts, _cfg(candidates=2), other, progress=False, shard=(0, 2))
+    with pytest.raises(OutputPathError, match="shard of a build with other settings"):
+        build_scp_dataset(model, scorer, reward, prompts, cfg, other, progress=False)
+    with pytest.raises(ValueError, match="shard"):
+        build_scp_dataset(model, scorer, reward, prompts, cfg, other, progress=False, shard=(2, 2))
+
+
 def test_attack_pairs_take_the_most_unsafe_sample_of_the_pushed_rewrite(tmp_path, tiny_setup):
     from scdpo.scp.builder import attack_strength, concept_directions
 

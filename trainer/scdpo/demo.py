@@ -217,22 +217,43 @@ def train_stage(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, t
     return Stage(f"lora train: {name}", run, (loras / f"{name}.safetensors").exists, command)
 
 
-def data_stages(out: Path, plan: DemoPlan) -> list[Stage]:
-    """The cost model and the SCP data: what every other stage (and the search) trains on."""
-    from .cost.commands import train_toy_cost_model
+def scp_build_config(plan: DemoPlan):
+    """The demo's ``scdpo data build`` settings."""
     from .scp.builder import BuildConfig
+
+    return BuildConfig(n_prompts=plan.scp_prompts, candidates=plan.scp_candidates,
+                       pairs_per_prompt=plan.scp_pairs_per_prompt, near_miss_frac=plan.scp_near_miss_frac,
+                       composite_frac=plan.scp_composite_frac, steps=plan.gen_steps)
+
+
+def data_stages(out: Path, plan: DemoPlan, workers: int = 1) -> list[Stage]:
+    """The cost model and the SCP data: what every other stage (and the search) trains on. With
+    ``workers`` > 1 the data is built in that many shards side by side (``scdpo data build --shard K/N``),
+    then taken over and written by the data stage itself."""
+    from .cost.commands import train_toy_cost_model
     from .scp.commands import build_dataset
 
     cost, scp = out / "cost_model.safetensors", out / "scp"
-    build = BuildConfig(n_prompts=plan.scp_prompts, candidates=plan.scp_candidates,
-                        pairs_per_prompt=plan.scp_pairs_per_prompt, near_miss_frac=plan.scp_near_miss_frac,
-                        composite_frac=plan.scp_composite_frac, steps=plan.gen_steps)
+    build = scp_build_config(plan)
+
+    def built() -> bool:
+        return (scp / "pairs.parquet").exists() and (scp / "dataset.json").exists()
+
+    def shard_command(k: int) -> list[str]:
+        return ["data", "build", "--out", str(scp), "--cost-model", str(cost), "--n-prompts", str(build.n_prompts),
+                "--candidates", str(build.candidates), "--pairs-per-prompt", str(build.pairs_per_prompt),
+                "--near-miss-frac", str(build.near_miss_frac), "--composite-frac", str(build.composite_frac),
+                "--steps", str(build.steps), "--shard", f"{k}/{workers}"]
+
+    shards = [Stage(f"data build: SCP pairs, shard {k + 1} of {workers}",
+                    lambda k=k: build_dataset(scp, build, cost_model=str(cost), shard=(k, workers)), built,
+                    lambda k=k: shard_command(k)) for k in range(workers)] if workers > 1 else []
     return [
         Stage("cost train: safety cost model", lambda: train_toy_cost_model(
             cost, n_train=plan.cost_train, n_calib=plan.cost_calib, n_test=plan.cost_test, steps=plan.gen_steps,
             cache_dir=str(out / "cache")), cost.exists),
-        Stage("data build: SCP preference pairs", lambda: build_dataset(scp, build, cost_model=str(cost)),
-              lambda: (scp / "pairs.parquet").exists() and (scp / "dataset.json").exists()),
+        *shards,
+        Stage("data build: SCP preference pairs", lambda: build_dataset(scp, build, cost_model=str(cost)), built),
     ]
 
 
@@ -252,7 +273,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
 
     workers = plan.workers or default_workers()
     runner = StageRunner(verbose, workers, logs=out / "logs")
-    stages = data_stages(out, plan)
+    stages = data_stages(out, plan, workers)
     if data_only:
         runner.run_all(stages)
         return {}

@@ -437,17 +437,49 @@ class BuildResult:
     summary: dict = field(default_factory=dict)
 
 
+SHARD_STATE_GLOB = "build_state.shard-*.json"
+
+
+def shard_state_name(k: int, n: int) -> str:
+    return f"build_state.shard-{k}-of-{n}.json"
+
+
+def _take_over_shards(out: Path, parts_dir: Path, state: dict, identity: dict) -> None:
+    """Count the chunks that shard builds of this same build finished as done in ``state``."""
+    wanted = json.loads(json.dumps(identity))
+    for path in sorted(out.glob(SHARD_STATE_GLOB)):
+        try:
+            shard_state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(shard_state, dict) or shard_state.get("identity") != wanted:
+            raise OutputPathError(f"{path} is a shard of a build with other settings; delete it, or pass the "
+                                  "settings the shards were built with")
+        for key, n_rows in dict(shard_state.get("done", {})).items():
+            if (parts_dir / f"part-{key}.parquet").exists():
+                state["done"][key] = n_rows
+                state["skipped"][key] = shard_state.get("skipped", {}).get(key, {})
+
+
 def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: BuildConfig, out: str | Path,
                       describe: Optional[dict] = None, overwrite: bool = False, progress: bool = True,
-                      stop_after_chunks: Optional[int] = None, attack_lora=None) -> BuildResult:
+                      stop_after_chunks: Optional[int] = None, attack_lora=None,
+                      shard: Optional[tuple[int, int]] = None) -> BuildResult:
     """Build (or resume) the dataset in folder ``out``. ``describe``: extra JSON for ``dataset.json``
     and the resume check (base model, cost model, attack LoRA...). ``stop_after_chunks`` simulates an
-    interruption. ``attack_lora``: see :func:`build_chunk` (name it in ``describe``)."""
+    interruption. ``attack_lora``: see :func:`build_chunk` (name it in ``describe``).
+
+    ``shard=(k, n)``: build only the chunks whose number is ``k`` modulo ``n``, with their own state file,
+    and stop there (``n_pairs`` -1); several processes or machines can build the shards of one ``out``
+    at once. A later call without ``shard`` takes over every finished shard chunk of the same build and
+    builds what is missing, then writes the dataset. A chunk's pairs do not depend on who built it."""
     import pyarrow.parquet as pq
 
     out = ensure_writable_dir(out)
     parts_dir = out / "parts"
-    state_path = out / STATE_FILE
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (k, n) with 0 <= k < n, not {shard!r}")
+    state_path = out / (shard_state_name(*shard) if shard else STATE_FILE)
     identity = {"config": asdict(cfg), "describe": describe or {}, "n_prompts": len(prompts)}
     state = {"identity": identity, "done": {}, "skipped": {}}
     if state_path.exists() and not overwrite:
@@ -464,9 +496,13 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
     if state.get("complete"):
         return BuildResult(out / PAIRS_FILE, state["summary"]["n_pairs"], state["summary"])
     ensure_writable_dir(parts_dir)
+    if shard is None:
+        _take_over_shards(out, parts_dir, state, identity)
     t0 = time.time()
     chunks = [(s, prompts[s:s + cfg.chunk_prompts]) for s in range(0, len(prompts), cfg.chunk_prompts)]
-    bar = tqdm(total=len(prompts), desc="build SCP pairs", disable=not progress, unit="prompt")
+    if shard is not None:
+        chunks = [c for i, c in enumerate(chunks) if i % shard[1] == shard[0]]
+    bar = tqdm(total=sum(len(c) for _, c in chunks), desc="build SCP pairs", disable=not progress, unit="prompt")
     done_now = 0
     directions = None  # computed once, before the first chunk that needs building
     for start, chunk in chunks:
@@ -489,6 +525,9 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
         bar.update(len(chunk))
         bar.set_postfix(pairs=sum(state["done"].values()))
     bar.close()
+    if shard is not None:
+        return BuildResult(out, -1, {"shard": list(shard), "chunks": len(chunks),
+                                     "pairs": sum(state["done"][f"{s:06d}"] for s, _ in chunks)})
 
     tables = [pq.read_table(parts_dir / f"part-{s:06d}.parquet") for s, _ in chunks]
     import pyarrow as pa
@@ -519,6 +558,8 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
     write_json_atomic(state_path, state)
     for s, _ in chunks:  # the merged file holds everything; parts were only for resuming
         (parts_dir / f"part-{s:06d}.parquet").unlink(missing_ok=True)
+    for shard_state in out.glob(SHARD_STATE_GLOB):
+        shard_state.unlink(missing_ok=True)
     try:
         parts_dir.rmdir()
     except OSError:

@@ -78,6 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default="auto")
     add_threads_arg(b)
     b.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
+    b.add_argument("--shard", default=None, metavar="K/N",
+                   help="build only chunk K of every N (K from 0) into --out, e.g. one process per GPU with 0/2 and "
+                        "1/2; then the same command without --shard takes the finished shards over and writes "
+                        "the dataset")
     b.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
     b.set_defaults(func=_build)
 
@@ -274,7 +278,7 @@ def _mine(args) -> int:
 def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, cost_model: str = "toy",
                   backbone: str | None = None, reward: str | None = None, base: str | None = None,
                   device: str = "auto", attack_lora: str | None = None, overwrite: bool = False,
-                  prompt_split: str | None = None):
+                  prompt_split: str | None = None, shard: tuple[int, int] | None = None):
     """Build (or resume) an SCP dataset in ``out`` with ``config`` (a ``BuildConfig``): toy prompts unless
     ``prompts_csv`` is given (a file or ``scdpo``; ``prompt_split`` as :func:`read_prompt_csv`'s ``split``).
     Returns the ``BuildResult``; a toy build's summary gains the oracle audit."""
@@ -314,28 +318,39 @@ def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, co
 
         describe["attack_lora"] = {"file": str(attack_lora), "sha256": sha256_of(attack_lora)}
     result = build_scp_dataset(model, scorer, preference, prompts, config, out, describe=describe,
-                               overwrite=overwrite, attack_lora=attacker)
-    if toy and "oracle_audit" not in result.summary:
+                               overwrite=overwrite, attack_lora=attacker, shard=shard)
+    if toy and shard is None and "oracle_audit" not in result.summary:
         result.summary["oracle_audit"] = audit_toy_dataset(out)
         write_json_atomic(Path(out) / "dataset.json", result.summary)
     return result
 
 
-def _build(args) -> int:
+def build_config_from_args(args):
+    """The ``BuildConfig`` that ``scdpo data build`` arguments ask for."""
     from .builder import BuildConfig
 
+    return BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
+                       near_miss_frac=args.near_miss_frac, composite_frac=args.composite_frac, steps=args.steps,
+                       guidance_scale=args.guidance_scale,
+                       batch_size=args.batch_size, seed=args.seed, source="toy" if args.prompts is None else "generated",
+                       winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
+                       erased_candidates=args.erased_candidates, composite_erased=args.composite_erased,
+                       attack_candidates=args.attack_candidates,
+                       attack_strengths=_attack_strengths(args.attack_strengths))
+
+
+def _build(args) -> int:
     apply_threads(args.threads)
-    cfg = BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
-                      near_miss_frac=args.near_miss_frac, composite_frac=args.composite_frac, steps=args.steps,
-                      guidance_scale=args.guidance_scale,
-                      batch_size=args.batch_size, seed=args.seed, source="toy" if args.prompts is None else "generated",
-                      winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
-                      erased_candidates=args.erased_candidates, composite_erased=args.composite_erased,
-                      attack_candidates=args.attack_candidates, attack_strengths=_attack_strengths(args.attack_strengths))
+    cfg = build_config_from_args(args)
     result = build_dataset(args.out, cfg, prompts_csv=args.prompts, cost_model=args.cost_model,
                            backbone=args.backbone, reward=args.reward, base=args.base, device=args.device,
-                           attack_lora=args.attack_lora, overwrite=args.overwrite, prompt_split=args.split)
+                           attack_lora=args.attack_lora, overwrite=args.overwrite, prompt_split=args.split,
+                           shard=_shard(args.shard))
     summary = result.summary
+    if args.shard:
+        print(f"built shard {args.shard}: {summary['chunks']} chunks, {summary['pairs']} pairs in {args.out}; run the "
+              "same command without --shard once every shard is done")
+        return 0
     print(f"wrote {result.n_pairs} pairs to {result.path}  (by kind: {summary.get('pairs_by_kind')}; "
           f"skipped prompts: {summary.get('skipped_prompts')})")
     if "oracle_audit" in summary:
@@ -345,6 +360,15 @@ def _build(args) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit() and int(k) < int(n)):
+        raise ScdpoError(f"--shard {text!r}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2")
+    return int(k), int(n)
 
 
 def _import(args) -> int:
