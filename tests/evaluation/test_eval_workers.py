@@ -56,3 +56,15 @@ def test_every_job_runs_and_reports_its_seconds(tmp_path):
     assert sorted(finished) == ["help 0", "help 1", "help 2"]
     assert all(job.seconds > 0 for job in jobs)
     assert "usage: scdpo" in (tmp_path / "0.log").read_text()
+
+
+def test_methods_are_split_into_groups_of_about_equal_time():
+    from scdpo.evaluation.commands import split_evenly
+
+    names = ["base", "negative-prompt", "safe-guidance", "blacklist", "sc-dpo", "diffusion-dpo", "safetydpo",
+             "safetydpo-average", "sc-dpo-adversarial"]
+    groups = split_evenly(names, 2)
+    assert sorted(sum(groups, [])) == sorted(names) and len(groups) == 2
+    assert "safe-guidance" in groups[0] and len(groups[0]) == 4 and len(groups[1]) == 5  # 1.3 + 3 vs 5
+    assert split_evenly(names[:1], 4) == [["base"]]  # never an empty process
+    assert len(split_evenly(names, 16)) == len(names)

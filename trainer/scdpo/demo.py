@@ -50,9 +50,13 @@ class DemoPlan:
     cost_calib: int = 400
     cost_test: int = 400  # held-out images only measure the cost model; the report needs no more
     scp_prompts: int = 720
-    scp_near_miss_frac: float = 0.15  # look-alike clean prompts (0.3 cost 11 points of clean fidelity)
+    # look-alike clean prompts: 0.25 against 0.15 raised validation near-miss fidelity 87/89 -> 92/91 % (two
+    # seeds; worst attack 40/53 -> 57/60 %; selection score 0.59 -> 0.68); 0.3 once cost 11 points of
+    # clean fidelity (docs/results.md §2)
+    scp_near_miss_frac: float = 0.25
     scp_composite_frac: float = 0.2  # harmful prompts that also hold a look-alike
     scp_candidates: int = 4
+    scp_chunk_prompts: int = 24  # parts of the SCP build: 30 parts share out evenly over the data shards
     scp_pairs_per_prompt: int = 3
     tuned: dict = field(default_factory=lambda: {k: dict(v) for k, v in TUNED.items()})
     concept_augment: float = 0.5  # SC-DPO rows: share of harmful pairs under a pushed embedding
@@ -223,7 +227,8 @@ def scp_build_config(plan: DemoPlan):
 
     return BuildConfig(n_prompts=plan.scp_prompts, candidates=plan.scp_candidates,
                        pairs_per_prompt=plan.scp_pairs_per_prompt, near_miss_frac=plan.scp_near_miss_frac,
-                       composite_frac=plan.scp_composite_frac, steps=plan.gen_steps)
+                       composite_frac=plan.scp_composite_frac, steps=plan.gen_steps,
+                       chunk_prompts=plan.scp_chunk_prompts)
 
 
 def data_stages(out: Path, plan: DemoPlan, workers: int = 1) -> list[Stage]:
@@ -243,7 +248,8 @@ def data_stages(out: Path, plan: DemoPlan, workers: int = 1) -> list[Stage]:
         return ["data", "build", "--out", str(scp), "--cost-model", str(cost), "--n-prompts", str(build.n_prompts),
                 "--candidates", str(build.candidates), "--pairs-per-prompt", str(build.pairs_per_prompt),
                 "--near-miss-frac", str(build.near_miss_frac), "--composite-frac", str(build.composite_frac),
-                "--steps", str(build.steps), "--shard", f"{k}/{workers}"]
+                "--steps", str(build.steps), "--chunk-prompts", str(build.chunk_prompts),
+                "--shard", f"{k}/{workers}"]
 
     shards = [Stage(f"data build: SCP pairs, shard {k + 1} of {workers}",
                     lambda k=k: build_dataset(scp, build, cost_model=str(cost), shard=(k, workers)), built,

@@ -134,10 +134,10 @@ def write_reports(out: str | Path, report: dict, samples: Mapping[str, Mapping[s
     return _write_reports(Path(out), report, grids, keys)
 
 
-def merge_reports(out: str | Path, parts: Sequence[str | Path]) -> dict:
+def merge_reports(out: str | Path, parts: Sequence[str | Path], order: Sequence[str] = ()) -> dict:
     """One report under ``out`` from the reports (``report.json`` + grids) that evaluations of some of the
-    methods each wrote to a folder of ``parts``, methods in the order of ``parts``. The parts must come
-    from the same evaluation settings (split, suites, seeds)."""
+    methods each wrote to a folder of ``parts``; methods in ``order``, then any others in the order of
+    ``parts``. The parts must come from the same evaluation settings (split, suites, seeds)."""
     from PIL import Image
 
     reports, grids = [], {}
@@ -153,7 +153,9 @@ def merge_reports(out: str | Path, parts: Sequence[str | Path]) -> dict:
             if other.get(key) != first.get(key):
                 raise ValueError(f"cannot merge evaluation reports made with different {key}")
     merged = {k: v for k, v in first.items() if k not in ("methods", "relative_reduction", "artifacts")}
-    merged["methods"] = {name: m for r in reports for name, m in r["methods"].items()}
+    found = {name: m for r in reports for name, m in r["methods"].items()}
+    merged["methods"] = {name: found[name] for name in [*[n for n in order if n in found], *found]}
+    grids = {name: grids[name] for name in merged["methods"] if name in grids}
     return _write_reports(Path(out), merged, grids, first.get("artifacts", {}).get("grid_rows", []))
 
 

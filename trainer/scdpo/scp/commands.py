@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     b.add_argument("--guidance-scale", type=float, default=None)
     b.add_argument("--batch-size", type=int, default=128, help="images per generation batch (default 128)")
+    b.add_argument("--chunk-prompts", type=int, default=64,
+                   help="prompts per resumable part (default 64); smaller parts share out more evenly over --shard "
+                        "processes")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="auto")
     add_threads_arg(b)
@@ -290,7 +293,7 @@ def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, co
     for flag, value, least in (("--candidates", config.candidates, 1),
                                ("--pairs-per-prompt", config.pairs_per_prompt, 1),
                                ("--erased-candidates", config.erased_candidates, 0),
-                               ("--n-prompts", config.n_prompts, 1),
+                               ("--n-prompts", config.n_prompts, 1), ("--chunk-prompts", config.chunk_prompts, 1),
                                ("--attack-candidates", config.attack_candidates, 0)):
         if value < least:
             raise ScdpoError(f"{flag} must be at least {least} (got {value})")
@@ -332,7 +335,8 @@ def build_config_from_args(args):
     return BuildConfig(n_prompts=args.n_prompts, candidates=args.candidates, harmful_frac=args.harmful_frac,
                        near_miss_frac=args.near_miss_frac, composite_frac=args.composite_frac, steps=args.steps,
                        guidance_scale=args.guidance_scale,
-                       batch_size=args.batch_size, seed=args.seed, source="toy" if args.prompts is None else "generated",
+                       batch_size=args.batch_size, chunk_prompts=args.chunk_prompts, seed=args.seed,
+                       source="toy" if args.prompts is None else "generated",
                        winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
                        erased_candidates=args.erased_candidates, composite_erased=args.composite_erased,
                        attack_candidates=args.attack_candidates,
