@@ -185,12 +185,18 @@ def test_more_pairs_per_prompt_reuse_the_winner_with_unique_ids(tmp_path, tiny_s
         assert len({g["loser_seed"] for g in group}) == len(group)
 
 
-def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
+def _one_build(tmp_path, tiny_setup):
+    """A small build in one go into ``tmp_path/full``: (model, scorer, reward, prompts, config, result)."""
     model, scorer = tiny_setup
     cfg = _cfg()
     prompts = toy_prompt_specs(cfg.n_prompts, 0.5, 0.15, cfg.seed)
     reward = ToyFidelityReward()
     full = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "full", progress=False)
+    return model, scorer, reward, prompts, cfg, full
+
+
+def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
+    model, scorer, reward, prompts, cfg, full = _one_build(tmp_path, tiny_setup)
     part = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "resumed", progress=False,
                              stop_after_chunks=1)
     assert part.summary == {"interrupted": True}
@@ -205,11 +211,7 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
 
 
 def test_shards_built_apart_give_the_dataset_of_one_build(tmp_path, tiny_setup):
-    model, scorer = tiny_setup
-    cfg = _cfg()
-    prompts = toy_prompt_specs(cfg.n_prompts, 0.5, 0.15, cfg.seed)
-    reward = ToyFidelityReward()
-    full = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "full", progress=False)
+    model, scorer, reward, prompts, cfg, full = _one_build(tmp_path, tiny_setup)
     out = tmp_path / "sharded"
     first = build_scp_dataset(model, scorer, reward, prompts, cfg, out, progress=False, shard=(1, 2))
     assert first.n_pairs == -1 and first.summary["shard"] == [1, 2] and not (out / "pairs.parquet").exists()

@@ -349,7 +349,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train the cost model, build the SCP preference data, train the SC-DPO safety LoRA and a "
         "variant with adversarial training in the loop, run the baselines (Diffusion-DPO, SafetyDPO "
         "at their tuned settings, training-free), evaluate everything on the test split (or "
-        "--split validation while tuning) and write report.json / report.html to --out. About 17 minutes on a "
+        "--split validation while tuning) and write report.json / report.html to --out. About 13 minutes on a "
         "2-core CPU; --quick is a much smaller run whose numbers are only a smoke test. Re-running with the same "
         "--out skips finished stages.",
     )
