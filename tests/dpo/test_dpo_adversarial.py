@@ -10,7 +10,7 @@ from scdpo.dpo import ToyOraclePairs, TrainConfig, train_lora
 from scdpo.dpo.adversarial import adversarial_rows, attack_conditioning, project_l2
 from scdpo.dpo.inputs import encode_pairs
 from scdpo.dpo.loss import denoising_error
-from scdpo.dpo.step import TRAIN_ADAPTER, _attacked, attach_training_lora, unet_call
+from scdpo.dpo.step import _attacked, attach_training_lora, unet_call
 from scdpo.errors import ScdpoError
 from scdpo.lora import load_lora
 from scdpo.pipeline import Conditioning
