@@ -120,7 +120,10 @@ class UniversalAttack:
         """Refine the shifts of ``categories`` ``[N]`` on these rows; returns each row's shift ``[N, L, D]``."""
         device = cond.hidden.device
         cats = categories.cpu()
+        per_category = (-1,) + (1,) * (self.delta.ndim - 1)  # a [K] vector as [K, 1, 1]
         present = torch.bincount(cats, minlength=self.delta.shape[0]) > 0
+        keep = present.view(per_category)
+        step_size = self.step_size.view(per_category)
         b1, b2 = self.BETAS
         for _ in range(self.steps):
             delta = self.delta.to(device).requires_grad_(True)
@@ -131,12 +134,10 @@ class UniversalAttack:
             grad = grad.detach().float().cpu()
             with torch.no_grad():
                 self.count += present.float()
-                keep = present.view(-1, *([1] * (grad.ndim - 1)))
                 self.m = torch.where(keep, b1 * self.m + (1 - b1) * grad, self.m)
                 self.v = torch.where(keep, b2 * self.v + (1 - b2) * grad * grad, self.v)
-                c = self.count.clamp(min=1).view_as(self.radius)
-                m_hat = self.m / (1 - b1 ** c).view(-1, *([1] * (grad.ndim - 1)))
-                v_hat = self.v / (1 - b2 ** c).view(-1, *([1] * (grad.ndim - 1)))
-                move = self.step_size.view(-1, *([1] * (grad.ndim - 1))) * m_hat / (v_hat.sqrt() + 1e-8)
+                c = self.count.clamp(min=1).view(per_category)
+                m_hat, v_hat = self.m / (1 - b1 ** c), self.v / (1 - b2 ** c)
+                move = step_size * m_hat / (v_hat.sqrt() + 1e-8)
                 self.delta = project_l2(torch.where(keep, self.delta - move, self.delta), self.radius)
         return self.delta[cats].to(device)

@@ -146,9 +146,6 @@ def _attacked(model: TextToImageModel, policy: UNetCall, batch: "EncodedPairBatc
     inputs = batch.inputs
     rewrite = model.conditioning_for_size(inputs.cond.index(batch.safe_rows[idx]), inputs.height, inputs.width)
     rewrite = rewrite.to(device)
-    directions = inputs.concept_directions()["hidden"][batch.category_rows[idx]].to(device)  # [n, L, D]
-    radius = budget * directions.flatten(1).norm(dim=1)
-    start = eta[idx].to(device).view(-1, 1, 1) * directions
     scheduler = model.noise_scheduler
     idx_d = idx.to(device)
     noisy = scheduler.add_noise(losers[idx_d], noise[idx_d], timesteps[idx_d])
@@ -157,6 +154,9 @@ def _attacked(model: TextToImageModel, policy: UNetCall, batch: "EncodedPairBatc
     if universal is not None:
         delta = universal.attack(policy, rewrite, noisy, timesteps[idx_d], target, batch.category_rows[idx])
     else:
+        directions = inputs.concept_directions()["hidden"][batch.category_rows[idx]].to(device)  # [n, L, D]
+        radius = budget * directions.flatten(1).norm(dim=1)
+        start = eta[idx].to(device).view(-1, 1, 1) * directions
         delta = attack_conditioning(policy, rewrite, noisy, timesteps[idx_d], target, start, radius, steps)
     hidden = cond.hidden.clone()
     hidden[idx_d] = (rewrite.hidden.float() + delta).to(hidden.dtype)

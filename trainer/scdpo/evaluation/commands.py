@@ -79,9 +79,10 @@ def run_evaluation(out: str | Path, *, model: str | None = None, methods: tuple[
                    seed: int = 1234, split: str = "validation", attacks: tuple[str, ...] = FAMILIES,
                    workers: int = 1) -> dict:
     """Evaluate ``methods`` and ``loras`` (``[NAME=]FILE``) on the toy suites of ``split``, write
-    report.json / report.html / grids to ``out`` and return the report. ``workers`` > 1: each method is
-    evaluated by its own one-thread ``scdpo eval`` process, at most ``workers`` at once, and the reports
-    merged (:mod:`scdpo.workers`); the numbers are those of a one-thread run of all methods in one process."""
+    report.json / report.html / grids to ``out`` and return the report. ``workers`` > 1: the methods are split
+    into at most ``workers`` groups of about equal cost (:func:`split_evenly`), each evaluated by its own
+    one-thread ``scdpo eval`` process, and the reports merged (:mod:`scdpo.workers`); the numbers are those
+    of a one-thread run of all methods in one process."""
     from ..fileio import ensure_writable_dir
     from ..models import load_base_model
     from ..toy.model import ToyTextToImage
@@ -149,15 +150,16 @@ def _evaluate_in_workers(out: Path, built: list, loras: list[str], given: dict, 
         common += ["--model", str(given["model"])]
     lora_specs = {m.name: spec for m, spec in zip([m for m in built if m.lora_path], loras)}
     parts = out / "parts"
-    jobs = []
+    jobs, sizes = [], {}
     for i, group in enumerate(split_evenly([m.name for m in built], workers)):
         which = ["--method", ",".join(n for n in group if n not in lora_specs)]
         for name in group:
             if name in lora_specs:
                 which += ["--lora", lora_specs[name]]
         jobs.append(Job(", ".join(group), [*common, *which, "--out", str(parts / str(i))], parts / f"{i}.log"))
+        sizes[jobs[-1].name] = len(group)
     bar = tqdm(total=len(built), desc="eval", unit="method")
-    run_jobs(jobs, workers, on_done=lambda job: (bar.set_postfix(method=job.name), bar.update(job.name.count(", ") + 1)))
+    run_jobs(jobs, workers, on_done=lambda job: (bar.set_postfix(method=job.name), bar.update(sizes[job.name])))
     bar.close()
     report = merge_reports(out, [parts / str(i) for i in range(len(jobs))], order=[m.name for m in built])
     shutil.rmtree(parts, ignore_errors=True)

@@ -138,8 +138,6 @@ def merge_reports(out: str | Path, parts: Sequence[str | Path], order: Sequence[
     """One report under ``out`` from the reports (``report.json`` + grids) that evaluations of some of the
     methods each wrote to a folder of ``parts``; methods in ``order``, then any others in the order of
     ``parts``. The parts must come from the same evaluation settings (split, suites, seeds)."""
-    from PIL import Image
-
     reports, grids = [], {}
     for part in map(Path, parts):
         report = json.loads((part / "report.json").read_text())
