@@ -10,7 +10,7 @@ from scdpo.dpo import ToyOraclePairs, TrainConfig, train_lora
 from scdpo.dpo.adversarial import adversarial_rows, attack_conditioning, project_l2
 from scdpo.dpo.inputs import encode_pairs
 from scdpo.dpo.loss import denoising_error
-from scdpo.dpo.step import _attacked, attach_training_lora, unet_call
+from scdpo.dpo.step import _attack_shifts, _replace_rows, _shifted, attach_training_lora, unet_call
 from scdpo.errors import ScdpoError
 from scdpo.lora import load_lora
 from scdpo.pipeline import Conditioning
@@ -93,8 +93,9 @@ def test_attacked_rows_are_the_rewrite_plus_a_bounded_shift_and_others_are_untou
     g = torch.Generator().manual_seed(0)
     noise = torch.randn((b, *latents.shape[1:]), generator=g)
     t = torch.randint(0, 1000, (b,), generator=g)
-    out = _attacked(model, unet_call(model.unet), batch, cond, latents[b:], noise, t, drop,
-                    torch.Generator().manual_seed(3), 1.0, 2, 1.5, "cpu")
+    idx, rewrite, delta = _attack_shifts(model, unet_call(model.unet), batch, latents[b:], noise, t, drop,
+                                         torch.Generator().manual_seed(3), 1.0, 2, 1.5, "cpu")
+    out = _replace_rows(cond, idx, _shifted(rewrite, delta))
     dirs = inputs.concept_directions()["hidden"]
     n_attacked = 0
     for k in range(b):

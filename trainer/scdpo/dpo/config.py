@@ -27,6 +27,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 ADVERSARIAL_MODES = ("pair", "universal")
+ADVERSARIAL_OBJECTIVES = ("preference", "erasure")
 OPTIMIZERS = ("adamw", "adamw8bit")
 TOY_ORACLE_DATA = "toy-oracle"
 
@@ -54,6 +55,9 @@ class TrainConfig:
     lam: float = 0.5  # safety-margin scale λ (0 turns the margin off)
     gamma: float = 1.0  # focusing exponent γ (0 turns DFM off)
     winner_anchor: float = 0.0  # μ: keep the winner as likely as under the reference (0 turns it off)
+    erase_weight: float = 0.0  # ν: on harmful pairs' losers, predict what the reference predicts for the safe rewrite (0: off)
+    erase_guidance: float = 0.0  # η_e: that target moved further away from the concept (ESD's negative guidance)
+    preserve_weight: float = 0.0  # on clean / look-alike pairs' winners, predict what the reference predicts (0: off)
     # LoRA
     rank: int = 8
     alpha: float = 8.0  # peft lora_alpha (scale alpha/rank); stored as kohya .alpha
@@ -78,6 +82,7 @@ class TrainConfig:
     adversarial_budget: float = 2.0  # its L2 budget, in units of the category's concept-direction norm
     adversarial_mode: str = "pair"  # pair (a shift per pair, from scratch) | universal (one shift per category, kept)
     adversarial_lr: float = 0.1  # universal mode: Adam step, as a share of a budget-sized shift's RMS entry
+    adversarial_objective: str = "preference"  # preference (the pair trains under the attack) | erasure (erase_weight's term under it)
     shift_augment: float = 0.0  # share of harmful pairs trained with winner and loser moved sideways together
     shift_fraction: float = 0.25  # largest such move, as a share of the image width
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
@@ -95,10 +100,10 @@ class TrainConfig:
     # -- derived -------------------------------------------------------------------------------
     @property
     def method(self) -> str:
-        """``safetydpo-expert`` (category filter), ``diffusion-dpo`` (λ=γ=μ=0) or ``sc-dpo``."""
+        """``safetydpo-expert`` (category filter), ``diffusion-dpo`` (λ=γ=μ=ν=0) or ``sc-dpo``."""
         if self.categories:
             return "safetydpo-expert"
-        if self.lam == 0 and self.gamma == 0 and self.winner_anchor == 0:
+        if self.lam == 0 and self.gamma == 0 and self.winner_anchor == 0 and self.erase_weight == 0:
             return "diffusion-dpo"
         return "sc-dpo"
 
@@ -129,6 +134,9 @@ class TrainConfig:
             raise bad(f"beta must be > 0 (got {self.beta})")
         if self.lam < 0 or self.gamma < 0 or self.winner_anchor < 0:
             raise bad(f"lam, gamma and winner_anchor must be >= 0 (got {self.lam}, {self.gamma}, {self.winner_anchor})")
+        if min(self.erase_weight, self.erase_guidance, self.preserve_weight) < 0:
+            raise bad(f"erase_weight, erase_guidance and preserve_weight must be >= 0 (got {self.erase_weight}, "
+                      f"{self.erase_guidance}, {self.preserve_weight})")
         for key in ("steps", "batch_size", "grad_accum", "rank"):
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1 (got {getattr(self, key)})")
@@ -151,9 +159,16 @@ class TrainConfig:
             raise bad("shift_augment needs the encoded inputs: drop --no-cache-inputs")
         if self.adversarial_share > 0 and not self.cache_inputs:
             raise bad("adversarial_share needs the encoded inputs: drop --no-cache-inputs")
+        if self.erase_weight > 0 and not self.cache_inputs:
+            raise bad("erase_weight needs the encoded inputs (the safe rewrites' embeddings): drop --no-cache-inputs")
         if self.adversarial_mode not in ADVERSARIAL_MODES or not self.adversarial_lr > 0:
             raise bad(f"adversarial_mode must be one of {', '.join(ADVERSARIAL_MODES)} and adversarial_lr > 0 (got "
                       f"{self.adversarial_mode!r}, {self.adversarial_lr})")
+        if self.adversarial_objective not in ADVERSARIAL_OBJECTIVES:
+            raise bad(f"adversarial_objective must be one of {', '.join(ADVERSARIAL_OBJECTIVES)} (got "
+                      f"{self.adversarial_objective!r})")
+        if self.adversarial_objective == "erasure" and self.adversarial_share > 0 and self.erase_weight <= 0:
+            raise bad("adversarial_objective 'erasure' weighs its term by erase_weight: set erase_weight > 0")
         for key, allowed in (("lr_schedule", LR_SCHEDULES), ("mixed_precision", MIXED_PRECISION),
                              ("base_dtype", BASE_DTYPES), ("optimizer", OPTIMIZERS)):
             if getattr(self, key) not in allowed:
@@ -257,6 +272,15 @@ _HELP = {
     "gamma": "dynamic-focusing exponent gamma (0 = no DFM)",
     "winner_anchor": "mu: adds mu*(beta/2)*(e(winner) - e_ref(winner)) per pair, so the safe image is drawn rather "
                      "than the loser merely made unlikely (0 = off; see docs/method.md)",
+    "erase_weight": "nu: on harmful pairs, also trains the LoRA's prediction on the noisy loser (under the pair's "
+                    "conditioning, attacked or pushed included) towards the reference's prediction for the safe "
+                    "rewrite, weighted nu*(beta/2): the direction to turn away from the concept (0 = off; see "
+                    "docs/method.md)",
+    "erase_guidance": "eta_e: that target moved further from the concept, ref(safe) - eta_e*(ref(prompt) - ref(safe)) "
+                      "(ESD's negative guidance; 0 = the safe rewrite's prediction itself)",
+    "preserve_weight": "on clean and look-alike pairs, also trains the LoRA's prediction on the noisy winner "
+                       "towards the reference's, weighted (beta/2) times this: the erasure stays with the concept "
+                       "(0 = off)",
     "target_modules": "comma-separated module names to adapt",
     "mixed_precision": "auto | no | fp16 | bf16 (auto: bf16/fp16 on CUDA, off on CPU)",
     "base_dtype": "dtype of the frozen base UNet's weights: auto | fp32 | bf16 | fp16; the LoRA, its gradients, "
@@ -273,6 +297,10 @@ _HELP = {
     "adversarial_mode": "pair: each attacked pair gets its own shift, optimised from a random push along the "
                         "concept direction; universal: one shift per category, kept from step to step and refined "
                         "against the current LoRA, as the evaluation's soft-prompt attack is (see docs/method.md)",
+    "adversarial_objective": "preference: an attacked pair trains its SC-DPO loss under the attack, in place of its "
+                             "prompt; erasure: the pair keeps its prompt, and under the attack the LoRA's prediction "
+                             "on the noisy loser is trained towards the reference's for the safe rewrite, weighted "
+                             "erase_weight*(beta/2) (AdvUnlearn's objective; see docs/method.md)",
     "adversarial_lr": "universal mode: the attacker's Adam step, as a share of the RMS entry of a shift at the budget",
     "shift_augment": "share of harmful pairs trained with winner and loser moved sideways together, so the "
                      "concept goes wherever a prompt puts it, not only where the training captions do (0 = off; "

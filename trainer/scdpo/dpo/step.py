@@ -131,17 +131,18 @@ def disabled_adapter_reference(unet: torch.nn.Module) -> UNetCall:
     return call
 
 
-def _attacked(model: TextToImageModel, policy: UNetCall, batch: "EncodedPairBatch", cond: Conditioning,
-              losers: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, drop: Sequence[bool],
-              generator: torch.Generator, share: float, steps: int, budget: float, device,
-              universal: Optional["UniversalAttack"] = None) -> Conditioning:
-    """``cond`` with the picked harmful pairs' rows replaced by their safe rewrite + an attack shift
-    (optimised per pair, or the category's shift of ``universal`` refined on them)."""
+def _attack_shifts(model: TextToImageModel, policy: UNetCall, batch: "EncodedPairBatch", losers: torch.Tensor,
+                   noise: torch.Tensor, timesteps: torch.Tensor, drop: Sequence[bool], generator: torch.Generator,
+                   share: float, steps: int, budget: float, device, universal: Optional["UniversalAttack"] = None
+                   ) -> Optional[tuple[torch.Tensor, Conditioning, torch.Tensor]]:
+    """The picked harmful pairs (indices on ``device``), their safe rewrites' conditioning and the attack
+    shift of each (optimised per pair, or the category's shift of ``universal`` refined on them); None when
+    no pair is picked."""
     from .adversarial import adversarial_rows, attack_conditioning
 
     pick, eta = adversarial_rows(batch.category_rows, batch.safe_rows, drop, generator, share, budget)
     if not bool(pick.any()):
-        return cond
+        return None
     idx = pick.nonzero().squeeze(1)
     inputs = batch.inputs
     rewrite = model.conditioning_for_size(inputs.cond.index(batch.safe_rows[idx]), inputs.height, inputs.width)
@@ -158,12 +159,21 @@ def _attacked(model: TextToImageModel, policy: UNetCall, batch: "EncodedPairBatc
         radius = budget * directions.flatten(1).norm(dim=1)
         start = eta[idx].to(device).view(-1, 1, 1) * directions
         delta = attack_conditioning(policy, rewrite, noisy, timesteps[idx_d], target, start, radius, steps)
+    return idx_d, rewrite, delta
+
+
+def _shifted(rewrite: Conditioning, delta: torch.Tensor) -> Conditioning:
+    return Conditioning((rewrite.hidden.float() + delta).to(rewrite.hidden.dtype), rewrite.added)
+
+
+def _replace_rows(cond: Conditioning, idx: torch.Tensor, rows: Conditioning) -> Conditioning:
+    """``cond`` with rows ``idx`` replaced by ``rows``."""
     hidden = cond.hidden.clone()
-    hidden[idx_d] = (rewrite.hidden.float() + delta).to(hidden.dtype)
+    hidden[idx] = rows.hidden.to(hidden.dtype)
     added = {}
     for key, value in cond.added.items():
         value = value.clone()
-        value[idx_d] = rewrite.added[key].to(value.dtype)
+        value[idx] = rows.added[key].to(value.dtype)
         added[key] = value
     return Conditioning(hidden, added)
 
@@ -188,6 +198,10 @@ def dpo_batch_loss(
     shift_augment: float = 0.0,
     shift_fraction: float = 0.25,
     universal_attack: Optional["UniversalAttack"] = None,
+    adversarial_objective: str = "preference",
+    erase_weight: float = 0.0,
+    erase_guidance: float = 0.0,
+    preserve_weight: float = 0.0,
 ) -> tuple[torch.Tensor, ScDpoDiagnostics]:
     """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
 
@@ -203,7 +217,10 @@ def dpo_batch_loss(
     projected steps within ``adversarial_budget`` concept-direction norms (:mod:`.adversarial`).
     ``shift_augment`` > 0 (encoded batches only): that share of harmful pairs trains with winner and
     loser moved sideways together by up to ``shift_fraction`` of the width
-    (:meth:`~scdpo.dpo.inputs.EncodedPairBatch.shift_sideways`).
+    (:meth:`~scdpo.dpo.inputs.EncodedPairBatch.shift_sideways`). ``erase_weight`` > 0 (encoded batches
+    only): :func:`erasure_error` of the harmful pairs' losers is added, weighted ``erase_weight · β/2``;
+    ``preserve_weight`` > 0: :func:`preservation_error` of the other pairs' winners, weighted
+    ``preserve_weight · β/2``.
     """
     device = device or model.device
     b = len(batch)
@@ -220,21 +237,85 @@ def dpo_batch_loss(
         if not hasattr(batch, "shift_sideways"):
             raise ScdpoError("shift augmentation needs inputs encoded before training (--cache-inputs)")
         latents = batch.shift_sideways(latents, generator, shift_augment, shift_fraction)
+    attacked = None
     if adversarial_share > 0:
         if not hasattr(batch, "augment"):
             raise ScdpoError("adversarial training needs inputs encoded before training (--cache-inputs)")
-        cond = _attacked(model, policy, batch, cond, latents[b:], noise, timesteps, drop, generator,
-                         adversarial_share, adversarial_steps, adversarial_budget, device, universal_attack)
+        attacked = _attack_shifts(model, policy, batch, latents[b:], noise, timesteps, drop, generator,
+                                  adversarial_share, adversarial_steps, adversarial_budget, device, universal_attack)
+        if attacked is not None and adversarial_objective == "preference":
+            idx, rewrite, delta = attacked
+            cond = _replace_rows(cond, idx, _shifted(rewrite, delta))
     noise2, timesteps2, cond2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps]), cond.cat(cond)
     noisy = scheduler.add_noise(latents, noise2, timesteps2)
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise2, timesteps2)
     else:
         target = noise2
-    ref_err = denoising_error(reference(noisy, timesteps2, cond2), target)
-    err = denoising_error(policy(noisy, timesteps2, cond2), target)
+    ref_pred = reference(noisy, timesteps2, cond2)
+    pred = policy(noisy, timesteps2, cond2)
+    ref_err, err = denoising_error(ref_pred, target), denoising_error(pred, target)
     loss, diagnostics = sc_dpo_loss(
         err[:b], err[b:], ref_err[:b], ref_err[b:],
         batch.winner_cost.to(device), batch.loser_cost.to(device), beta, lam, gamma, winner_anchor,
     )
+    if erase_weight > 0:
+        if not hasattr(batch, "safe_rows"):
+            raise ScdpoError("the erasure target needs inputs encoded before training (--cache-inputs)")
+        erase = erasure_error(model, reference, batch, noisy[b:], timesteps, pred[b:], ref_pred[b:], erase_guidance,
+                              device)
+        loss = loss + erase_weight * 0.5 * beta * erase
+    if attacked is not None and adversarial_objective == "erasure":
+        idx, rewrite, delta = attacked
+        noisy_l, t = noisy[b:][idx], timesteps[idx]
+        under_attack = _shifted(rewrite, delta.detach())
+        pred_attacked = policy(noisy_l, t, under_attack)
+        ref_attacked = reference(noisy_l, t, under_attack) if erase_guidance > 0 else None
+        err_attacked = _erasure_mse(pred_attacked, reference(noisy_l, t, rewrite), ref_attacked, erase_guidance)
+        loss = loss.index_add(0, idx, erase_weight * 0.5 * beta * err_attacked)
+    if preserve_weight > 0:
+        loss = loss + preserve_weight * 0.5 * beta * preservation_error(batch, pred[:b], ref_pred[:b])
     return loss.mean(), diagnostics
+
+
+def preservation_error(batch: PairBatch | EncodedPairBatch, pred_winners: torch.Tensor,
+                       ref_pred_winners: torch.Tensor) -> torch.Tensor:
+    """Per pair ``[B]``: ``‖ε_θ(x_t^w, c) − ε_ref(x_t^w, c)‖²`` (mean over C,H,W) on clean and look-alike pairs,
+    0 on harmful ones: the LoRA predicts what the base model predicts where nothing is to be removed (the
+    utility term of ESD-style erasure), so what the erasure term teaches stays with the concept."""
+    keep = (batch.category_rows < 0).to(pred_winners.device)
+    err = (pred_winners.float() - ref_pred_winners.detach().float()).pow(2).flatten(1).mean(1)
+    return torch.where(keep, err, torch.zeros_like(err))
+
+
+def erasure_error(model: TextToImageModel, reference: UNetCall, batch: "EncodedPairBatch", noisy_losers: torch.Tensor,
+                  timesteps: torch.Tensor, pred_losers: torch.Tensor, ref_pred_losers: torch.Tensor,
+                  guidance: float, device) -> torch.Tensor:
+    """Per pair ``[B]``: ``‖ε_θ(x_t^l, c) − target‖²`` (mean over C,H,W) on harmful pairs with a safe rewrite,
+    0 elsewhere. ``x_t^l`` is the noisy loser (the concept on its way in), ``c`` the conditioning the pair
+    trains under (its prompt, pushed or attacked included) and ``target = ε_ref(x_t^l, safe rewrite) −
+    guidance · (ε_ref(x_t^l, c) − ε_ref(x_t^l, safe rewrite))``: what the base model does at that point
+    when the concept is not asked for, moved further from it by ``guidance`` (ESD's negative guidance,
+    Gandikota et al. 2023). Under an attacked ``c`` this is AdvUnlearn's objective (Zhang et al. 2024).
+    The preference term only asks the loser to become less likely, which a LoRA may satisfy by fading
+    the concept; this term says which image to draw instead, at the noisy states where the concept
+    appears, and it has a gradient whether the pair is ranked or not."""
+    out = torch.zeros(pred_losers.shape[0], device=pred_losers.device, dtype=torch.float32)
+    pick = (batch.category_rows >= 0) & (batch.safe_rows >= 0)
+    if not bool(pick.any()):
+        return out
+    idx = pick.nonzero().squeeze(1)
+    inputs = batch.inputs
+    rewrite = model.conditioning_for_size(inputs.cond.index(batch.safe_rows[idx]), inputs.height, inputs.width)
+    idx_d = idx.to(pred_losers.device)
+    safe_pred = reference(noisy_losers[idx_d], timesteps[idx_d], rewrite.to(device))
+    return out.index_put((idx_d,), _erasure_mse(pred_losers[idx_d], safe_pred, ref_pred_losers[idx_d], guidance))
+
+
+def _erasure_mse(pred: torch.Tensor, safe_pred: torch.Tensor, ref_pred: Optional[torch.Tensor],
+                 guidance: float) -> torch.Tensor:
+    """``‖pred − (safe_pred − guidance · (ref_pred − safe_pred))‖²`` per sample (float32, mean over C,H,W)."""
+    target = safe_pred.detach().float()
+    if guidance > 0:
+        target = target - guidance * (ref_pred.detach().float() - target)
+    return (pred.float() - target).pow(2).flatten(1).mean(1)
