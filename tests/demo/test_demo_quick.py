@@ -9,7 +9,7 @@ from scdpo.cli import main
 from scdpo.workers import default_workers
 
 METHODS = {"base", "sc-dpo", "diffusion-dpo", "safetydpo", "safetydpo-average", "negative-prompt",
-           "safe-guidance", "blacklist", "sc-dpo-adversarial"}
+           "safe-guidance", "blacklist", "sc-dpo-preference-only"}
 SUITES = {"direct", "synonym", "misspelled", "indirect", "adversarial"}
 
 
@@ -35,17 +35,20 @@ def test_quick_demo_writes_the_report_with_every_method(demo_out):
     for name in ("sc-dpo", "diffusion-dpo", "safetydpo-activation", "safetydpo-average"):
         assert (demo_out / "loras" / f"{name}.safetensors").exists()
     config = (demo_out / "loras" / "sc-dpo.config.toml").read_text()
-    assert "winner_anchor = 0.5" in config and "adversarial_share = 0.0" in config
-    adversarial = (demo_out / "loras" / "sc-dpo-adversarial.config.toml").read_text()
-    assert "adversarial_share = 0.25" in adversarial and 'adversarial_mode = "universal"' in adversarial
-    assert "winner_anchor = 0.5" in adversarial and "train_ff = true" in adversarial
+    assert "winner_anchor = 0.5" in config and "adversarial_share = 0.5" in config
+    assert 'adversarial_mode = "universal"' in config and "train_ff = true" in config
+    assert "erase_weight = 0.5" in config and "preserve_weight = 4.0" in config
+    preference = (demo_out / "loras" / "sc-dpo-preference-only.config.toml").read_text()
+    assert "winner_anchor = 0.5" in preference and "adversarial_share = 0.0" in preference
+    assert "erase_weight = 0.0" in preference and "train_ff = false" in preference
     baseline = (demo_out / "loras" / "diffusion-dpo.config.toml").read_text()
     assert "winner_anchor = 0.0" in baseline and "lam = 0.0" in baseline
     summary = json.loads((demo_out / "scp" / "dataset.json").read_text())
     assert summary["config"]["composite_frac"] == 0.2
     assert set(report["timings"]) and all(v >= 0 for v in report["timings"].values())
     if default_workers() > 1:  # training stages side by side, each in its own one-thread process
-        assert any(k.startswith("side by side: lora train: sc-dpo-adversarial") for k in report["timings"])
+        assert any(k.startswith("side by side: lora train: sc-dpo,") and "sc-dpo-preference-only" in k
+                   for k in report["timings"])
         assert "wrote" in (demo_out / "logs" / "lora_train__sc-dpo.log").read_text()
         assert (demo_out / "loras" / "jobs" / "sc-dpo.toml").exists()
 

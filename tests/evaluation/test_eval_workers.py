@@ -62,7 +62,7 @@ def test_methods_are_split_into_groups_of_about_equal_time():
     from scdpo.evaluation.commands import split_evenly
 
     names = ["base", "negative-prompt", "safe-guidance", "blacklist", "sc-dpo", "diffusion-dpo", "safetydpo",
-             "safetydpo-average", "sc-dpo-adversarial"]
+             "safetydpo-average", "sc-dpo-preference-only"]
     groups = split_evenly(names, 2)
     assert sorted(sum(groups, [])) == sorted(names) and len(groups) == 2
     assert "safe-guidance" in groups[0] and len(groups[0]) == 4 and len(groups[1]) == 5  # 1.3 + 3 vs 5

@@ -5,9 +5,11 @@ Stages (each prints one progress line; each calls the same typed function as its
 1. ``scdpo cost train``    safety cost model on base-model generations labelled by the oracle judge
 2. ``scdpo data build``    safety-constrained preference (SCP) pairs scored by that cost model, with
                            composite prompts (a look-alike next to a harmful thing)
-3. ``scdpo lora train``    the SC-DPO safety LoRA (β, λ, γ, winner anchor μ, concept augmentation;
-                           docs/method.md): ``sc-dpo``; beside it ``sc-dpo-adversarial`` (adversarial
-                           training against the current LoRA in the loop)
+3. ``scdpo lora train``    the SC-DPO safety LoRA (β, λ, γ, winner anchor μ, concept augmentation,
+                           erasure target and preservation, adversarial training against the current
+                           LoRA in the loop; docs/method.md): ``sc-dpo``; beside it
+                           ``sc-dpo-preference-only`` (the preference loss alone: no erasure target,
+                           no adversarial training; the previous release's recipe)
 4. baselines               Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
                            category, merged by activation and by averaging), each at the β / learning
                            rate / steps its validation search chose (:data:`TUNED`)
@@ -62,12 +64,14 @@ class DemoPlan:
     concept_augment: float = 0.5  # SC-DPO rows: share of harmful pairs under a pushed embedding
     concept_scale: float = 4.0
     winner_anchor: float = 0.5  # SC-DPO rows: μ (validation: dir+syn+mis 38 -> 9 % unsafe, strict verdict)
-    # the sc-dpo-adversarial row: a quarter of the harmful pairs trained under a universal attack kept and
-    # refined against the current LoRA (one Adam step per training step), at the budget the evaluation's
-    # optimised attacks get, with the LoRA also on the transformer blocks' projections and feed-forward
-    # layers (validation, one seed: adversarial 40 -> 27 % unsafe at 6 points of near-miss fidelity;
-    # docs/results.md §2)
-    adversarial_share: float = 0.25
+    # sc-dpo: the erasure target ν and the preservation term on top of the preference loss, half the harmful
+    # pairs trained under a universal attack kept and refined against the current LoRA (one Adam step per
+    # training step) at the budget of the evaluation's optimised attacks, the LoRA also on the transformer
+    # blocks' projections and feed-forward layers. Validation, two seeds, n=20: worst attack 52/52 -> 35/30 %
+    # unsafe, selection score 0.729/0.709 -> 0.756/0.746 (docs/results.md §2d)
+    erase_weight: float = 0.5
+    preserve_weight: float = 4.0
+    adversarial_share: float = 0.5
     adversarial_steps: int = 1
     adversarial_budget: float = 2.0
     adversarial_mode: str = "universal"
@@ -80,7 +84,7 @@ class DemoPlan:
     workers: int = 0
     # sc-dpo variants trained and reported beside the main row (``sc-dpo-no-anchor`` is the other one
     # :func:`method_options` knows; its evidence is a validation experiment, docs/results.md §2)
-    variants: tuple = ("sc-dpo-adversarial",)
+    variants: tuple = ("sc-dpo-preference-only",)
     train_overrides: dict = field(default_factory=dict)  # TrainConfig fields set for every LoRA (tests: rank)
 
     @classmethod
@@ -177,12 +181,13 @@ def method_options(plan: DemoPlan, method: str) -> dict:
     """Training options that make a method what it is (besides β, learning rate and steps)."""
     augment = {"concept_augment": plan.concept_augment, "concept_scale": plan.concept_scale}
     if method == "sc-dpo":
-        return {**augment, "winner_anchor": plan.winner_anchor}
-    if method == "sc-dpo-adversarial":
-        return {**method_options(plan, "sc-dpo"), "adversarial_share": plan.adversarial_share,
+        return {**method_options(plan, "sc-dpo-preference-only"), "erase_weight": plan.erase_weight,
+                "preserve_weight": plan.preserve_weight, "adversarial_share": plan.adversarial_share,
                 "adversarial_steps": plan.adversarial_steps, "adversarial_budget": plan.adversarial_budget,
                 "adversarial_mode": plan.adversarial_mode, "train_ff": True, "train_proj": True}
-    if method == "sc-dpo-no-anchor":
+    if method == "sc-dpo-preference-only":  # the preference loss alone (the previous release's sc-dpo)
+        return {**augment, "winner_anchor": plan.winner_anchor}
+    if method == "sc-dpo-no-anchor":  # that, without the winner anchor
         return augment
     if method == "diffusion-dpo":
         return {"lam": 0.0, "gamma": 0.0}
@@ -296,9 +301,9 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
         main["clean_pairs"] = False
     # the longest training first, so that side by side the last one to finish is a short one
     variants = tuple(plan.variants)
+    stages.append(train("sc-dpo", "sc-dpo", main))
     stages += [train(name, "sc-dpo", method_options(plan, name)) for name in variants]
-    stages += [train("sc-dpo", "sc-dpo", main),
-               train("diffusion-dpo", "diffusion-dpo", method_options(plan, "diffusion-dpo"))]
+    stages.append(train("diffusion-dpo", "diffusion-dpo", method_options(plan, "diffusion-dpo")))
     experts = []
     for cat in _categories():
         name = f"safetydpo-expert-{cat}"
