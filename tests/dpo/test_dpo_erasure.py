@@ -104,7 +104,19 @@ def test_training_with_the_erasure_target_moves_the_lora_towards_it(tmp_path, to
     plain_path = train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False)
     erase_path = train_lora(dataclasses.replace(cfg, name="erase", erase_weight=2.0), model=copy.deepcopy(toy_model),
                             dataset=pairs, progress=False)
-    assert '"erase_weight": 2.0' in load_lora(erase_path).metadata["scdpo_train_config"]
+    erase_lora = load_lora(erase_path)
+    assert '"erase_weight": 2.0' in erase_lora.metadata["scdpo_train_config"]
+    import json
+
+    summary = json.loads(erase_lora.metadata["scdpo_training_summary"])
+    assert summary["erasure_error_ema"] > 0 and summary["preservation_error_ema"] == 0  # logged; ρ is off
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "logs" / "erase"))
+    acc.Reload()
+    values = [e.value for e in acc.Scalars("train/erasure_error")]
+    # a batch without a harmful pair logs 0; the others log the term's error
+    assert len(values) == 12 and sum(v > 0 for v in values) >= 6 and min(values) >= 0
 
     def erasure_on_the_batch(path):
         model, _, _, batch, noisy, cond, t = _setup(toy_model, pairs)

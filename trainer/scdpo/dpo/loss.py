@@ -36,7 +36,9 @@ class ScDpoDiagnostics:
     ``reward_margin`` ``[B]``: ``z``. ``safety_margin`` ``[B]``: ``m`` (≥ 0). ``focus_weight``
     ``[B]``: ``w`` (mean 1 over the batch). ``implicit_accuracy``: fraction of pairs with ``z > 0``
     (the LoRA prefers the winner more than the reference does), 0..1. ``margin_accuracy``: fraction
-    with ``z > m`` (the preference clears the safety margin), 0..1.
+    with ``z > m`` (the preference clears the safety margin), 0..1. ``erasure_error`` /
+    ``preservation_error``: the mean squared distance of the erasure target / preservation term over
+    the pairs it applies to, before its weight (0 when the term is off; set by the batch loss).
     """
 
     reward_margin: torch.Tensor
@@ -44,6 +46,8 @@ class ScDpoDiagnostics:
     focus_weight: torch.Tensor
     implicit_accuracy: float
     margin_accuracy: float
+    erasure_error: float = 0.0
+    preservation_error: float = 0.0
 
     def scalars(self) -> dict[str, float]:
         """Batch summaries for logging (TensorBoard tags without the ``train/`` prefix)."""
@@ -56,6 +60,8 @@ class ScDpoDiagnostics:
             "focus_weight_min": float(w.min()),
             "focus_weight_max": float(w.max()),
             "focus_weight_std": float(w.std(unbiased=False)),
+            "erasure_error": self.erasure_error,
+            "preservation_error": self.preservation_error,
         }
 
 

@@ -259,12 +259,14 @@ def dpo_batch_loss(
         err[:b], err[b:], ref_err[:b], ref_err[b:],
         batch.winner_cost.to(device), batch.loser_cost.to(device), beta, lam, gamma, winner_anchor,
     )
+    erased: list[torch.Tensor] = []  # the erasure target's per-sample errors, for the log
     if erase_weight > 0:
         if not hasattr(batch, "safe_rows"):
             raise ScdpoError("the erasure target needs inputs encoded before training (--cache-inputs)")
         erase = erasure_error(model, reference, batch, noisy[b:], timesteps, pred[b:], ref_pred[b:], erase_guidance,
                               device)
         loss = loss + erase_weight * 0.5 * beta * erase
+        erased.append(erase[((batch.category_rows >= 0) & (batch.safe_rows >= 0)).to(erase.device)])
     if attacked is not None and adversarial_objective == "erasure":
         idx, rewrite, delta = attacked
         noisy_l, t = noisy[b:][idx], timesteps[idx]
@@ -273,8 +275,15 @@ def dpo_batch_loss(
         ref_attacked = reference(noisy_l, t, under_attack) if erase_guidance > 0 else None
         err_attacked = _erasure_mse(pred_attacked, reference(noisy_l, t, rewrite), ref_attacked, erase_guidance)
         loss = loss.index_add(0, idx, erase_weight * 0.5 * beta * err_attacked)
+        erased.append(err_attacked)
     if preserve_weight > 0:
-        loss = loss + preserve_weight * 0.5 * beta * preservation_error(batch, pred[:b], ref_pred[:b])
+        kept = preservation_error(batch, pred[:b], ref_pred[:b])
+        loss = loss + preserve_weight * 0.5 * beta * kept
+        keep = (batch.category_rows < 0).to(kept.device)
+        diagnostics.preservation_error = float(kept[keep].detach().mean()) if bool(keep.any()) else 0.0
+    erased = [e for e in erased if e.numel()]
+    if erased:
+        diagnostics.erasure_error = float(torch.cat(erased).detach().mean())
     return loss.mean(), diagnostics
 
 

@@ -42,7 +42,7 @@ STATE_KIND = "dpo_train_state"
 # Options that may change between a run and its resume without changing the trajectory.
 _RESUME_FREE = {"out", "name", "resume", "checkpoint_every", "log_every", "cpu", "skip_bad"}
 _LOG_KEYS = ("loss", "implicit_accuracy", "margin_accuracy", "reward_margin", "safety_margin",
-             "focus_weight_min", "focus_weight_max", "focus_weight_std")
+             "focus_weight_min", "focus_weight_max", "focus_weight_std", "erasure_error", "preservation_error")
 
 
 def output_paths(cfg: TrainConfig) -> dict[str, Path]:
