@@ -65,6 +65,11 @@ class EncodedPairBatch:
     def __len__(self) -> int:
         return int(self.prompt_rows.shape[0])
 
+    @property
+    def with_rewrite(self) -> torch.Tensor:
+        """``[B]`` bool: harmful pairs that carry their prompt's safe rewrite."""
+        return (self.category_rows >= 0) & (self.safe_rows >= 0)
+
     def encode(self, model: TextToImageModel, drop: Sequence[bool], device) -> tuple[torch.Tensor, Conditioning]:
         """Latents ``[2B,...]`` and conditioning ``[B]`` (a dropped pair gets the empty prompt).
 
@@ -74,7 +79,7 @@ class EncodedPairBatch:
         rows = torch.where(dropped, self.inputs.empty_row, self.prompt_rows)
         pushed = torch.zeros(len(self), dtype=torch.bool)
         if self.push is not None:
-            pushed = (self.push > 0) & ~dropped & (self.safe_rows >= 0) & (self.category_rows >= 0)
+            pushed = (self.push > 0) & ~dropped & self.with_rewrite
             rows = torch.where(pushed, self.safe_rows, rows)
         cond = model.conditioning_for_size(self.inputs.cond.index(rows), self.inputs.height, self.inputs.width)
         if bool(pushed.any()):

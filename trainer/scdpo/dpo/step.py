@@ -263,17 +263,19 @@ def dpo_batch_loss(
     if erase_weight > 0:
         if not hasattr(batch, "safe_rows"):
             raise ScdpoError("the erasure target needs inputs encoded before training (--cache-inputs)")
+        safe_pred = safe_rewrite_predictions(model, reference, batch, noisy[b:], timesteps, device)
         erase = erasure_error(model, reference, batch, noisy[b:], timesteps, pred[b:], ref_pred[b:], erase_guidance,
-                              device)
+                              device, safe_pred=safe_pred)
         loss = loss + erase_weight * 0.5 * beta * erase
-        erased.append(erase[((batch.category_rows >= 0) & (batch.safe_rows >= 0)).to(erase.device)])
-    if attacked is not None and adversarial_objective == "erasure":
+        erased.append(erase[batch.with_rewrite.to(erase.device)])
+    if attacked is not None and adversarial_objective == "erasure":  # erase_weight > 0: the config checks it
         idx, rewrite, delta = attacked
         noisy_l, t = noisy[b:][idx], timesteps[idx]
         under_attack = _shifted(rewrite, delta.detach())
         pred_attacked = policy(noisy_l, t, under_attack)
         ref_attacked = reference(noisy_l, t, under_attack) if erase_guidance > 0 else None
-        err_attacked = _erasure_mse(pred_attacked, reference(noisy_l, t, rewrite), ref_attacked, erase_guidance)
+        # the attacked pairs are harmful pairs with a rewrite: their safe prediction is already there
+        err_attacked = _erasure_mse(pred_attacked, safe_pred[idx], ref_attacked, erase_guidance)
         loss = loss.index_add(0, idx, erase_weight * 0.5 * beta * err_attacked)
         erased.append(err_attacked)
     if preserve_weight > 0:
@@ -297,9 +299,25 @@ def preservation_error(batch: PairBatch | EncodedPairBatch, pred_winners: torch.
     return torch.where(keep, err, torch.zeros_like(err))
 
 
+def safe_rewrite_predictions(model: TextToImageModel, reference: UNetCall, batch: "EncodedPairBatch",
+                             noisy_losers: torch.Tensor, timesteps: torch.Tensor, device) -> torch.Tensor:
+    """``ε_ref(x_t^l, safe rewrite)`` ``[B, ...]`` (float32) of the harmful pairs with a safe rewrite, in one
+    reference forward of just those rows; 0 in the other rows."""
+    out = torch.zeros(noisy_losers.shape, device=noisy_losers.device, dtype=torch.float32)
+    pick = batch.with_rewrite
+    if not bool(pick.any()):
+        return out
+    idx = pick.nonzero().squeeze(1)
+    inputs = batch.inputs
+    rewrite = model.conditioning_for_size(inputs.cond.index(batch.safe_rows[idx]), inputs.height, inputs.width)
+    idx_d = idx.to(noisy_losers.device)
+    out[idx_d] = reference(noisy_losers[idx_d], timesteps[idx_d], rewrite.to(device)).float()
+    return out
+
+
 def erasure_error(model: TextToImageModel, reference: UNetCall, batch: "EncodedPairBatch", noisy_losers: torch.Tensor,
                   timesteps: torch.Tensor, pred_losers: torch.Tensor, ref_pred_losers: torch.Tensor,
-                  guidance: float, device) -> torch.Tensor:
+                  guidance: float, device, safe_pred: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per pair ``[B]``: ``‖ε_θ(x_t^l, c) − target‖²`` (mean over C,H,W) on harmful pairs with a safe rewrite,
     0 elsewhere. ``x_t^l`` is the noisy loser (the concept on its way in), ``c`` the conditioning the pair
     trains under (its prompt, pushed or attacked included) and ``target = ε_ref(x_t^l, safe rewrite) −
@@ -308,17 +326,16 @@ def erasure_error(model: TextToImageModel, reference: UNetCall, batch: "EncodedP
     Gandikota et al. 2023). Under an attacked ``c`` this is AdvUnlearn's objective (Zhang et al. 2024).
     The preference term only asks the loser to become less likely, which a LoRA may satisfy by fading
     the concept; this term says which image to draw instead, at the noisy states where the concept
-    appears, and it has a gradient whether the pair is ranked or not."""
+    appears, and it has a gradient whether the pair is ranked or not. ``safe_pred``: the
+    :func:`safe_rewrite_predictions` of these losers, when the caller has them already."""
     out = torch.zeros(pred_losers.shape[0], device=pred_losers.device, dtype=torch.float32)
-    pick = (batch.category_rows >= 0) & (batch.safe_rows >= 0)
+    pick = batch.with_rewrite
     if not bool(pick.any()):
         return out
-    idx = pick.nonzero().squeeze(1)
-    inputs = batch.inputs
-    rewrite = model.conditioning_for_size(inputs.cond.index(batch.safe_rows[idx]), inputs.height, inputs.width)
-    idx_d = idx.to(pred_losers.device)
-    safe_pred = reference(noisy_losers[idx_d], timesteps[idx_d], rewrite.to(device))
-    return out.index_put((idx_d,), _erasure_mse(pred_losers[idx_d], safe_pred, ref_pred_losers[idx_d], guidance))
+    if safe_pred is None:
+        safe_pred = safe_rewrite_predictions(model, reference, batch, noisy_losers, timesteps, device)
+    idx_d = pick.nonzero().squeeze(1).to(pred_losers.device)
+    return out.index_put((idx_d,), _erasure_mse(pred_losers[idx_d], safe_pred[idx_d], ref_pred_losers[idx_d], guidance))
 
 
 def _erasure_mse(pred: torch.Tensor, safe_pred: torch.Tensor, ref_pred: Optional[torch.Tensor],

@@ -353,8 +353,8 @@ class _TrainingRun:
                     adversarial_budget=cfg.adversarial_budget, winner_anchor=cfg.winner_anchor,
                     shift_augment=cfg.shift_augment, shift_fraction=cfg.shift_fraction,
                     universal_attack=self.attacker, adversarial_objective=cfg.adversarial_objective,
-                    erase_weight=cfg.erase_weight,
-                    erase_guidance=cfg.erase_guidance, preserve_weight=cfg.preserve_weight,
+                    erase_weight=cfg.erase_weight, erase_guidance=cfg.erase_guidance,
+                    preserve_weight=cfg.preserve_weight,
                 )
                 accelerator.backward(loss / cfg.grad_accum)
             scalars = {"loss": float(loss.detach()), **diag.scalars()}
