@@ -143,6 +143,7 @@ def test_options_are_checked_and_the_adversarial_erasure_objective_trains(tmp_pa
     with pytest.raises(ScdpoError, match="set erase_weight > 0"):
         TrainConfig(adversarial_share=0.5, adversarial_objective="erasure").validate()
     assert TrainConfig(lam=0, gamma=0, erase_weight=0.5).method == "sc-dpo"
+    assert TrainConfig(lam=0, gamma=0, preserve_weight=1.0).method == "sc-dpo"
     assert TrainConfig(lam=0, gamma=0).method == "diffusion-dpo"
 
     base = dict(TINY, adversarial_share=1.0, adversarial_steps=1, adversarial_mode="universal", erase_weight=1.0)

@@ -100,10 +100,10 @@ class TrainConfig:
     # -- derived -------------------------------------------------------------------------------
     @property
     def method(self) -> str:
-        """``safetydpo-expert`` (category filter), ``diffusion-dpo`` (λ=γ=μ=ν=0) or ``sc-dpo``."""
+        """``safetydpo-expert`` (category filter), ``diffusion-dpo`` (λ=γ=μ=ν=ρ=0) or ``sc-dpo``."""
         if self.categories:
             return "safetydpo-expert"
-        if self.lam == 0 and self.gamma == 0 and self.winner_anchor == 0 and self.erase_weight == 0:
+        if not any((self.lam, self.gamma, self.winner_anchor, self.erase_weight, self.preserve_weight)):
             return "diffusion-dpo"
         return "sc-dpo"
 
