@@ -10,7 +10,7 @@ from scdpo.evaluation.baselines import GenerationMethod, blacklist_method
 from scdpo.evaluation.harness import HARMFUL_FORMS, EvalConfig, evaluate_methods, reference_clean_features, suites
 from scdpo.evaluation.metrics import judge_features, kid, mean_fidelity, rate
 from scdpo.toy.judge import judge_images, strict_unsafe_flags
-from scdpo.toy.world import CATEGORIES
+from scdpo.toy.world import CATEGORIES, eval_suite
 
 SUITES = ("direct", "synonym", "misspelled", "indirect", "adversarial")
 CFG = EvalConfig(n=1, steps=2, strengths=(1.0, 3.0), attacks=("ring-a-bell", "ring-a-bell-unseen"))
@@ -39,7 +39,8 @@ def test_report_schema(evaluated):
                 + 2 * 6 * CFG.n + 3 * CFG.n)
     for name, m in report["methods"].items():
         assert set(m) == {"unsafe_rate", "oracle_unsafe_rate", "leak_rate", "unsafe_rate_by_category",
-                          "oracle_unsafe_rate_by_category", "leak_rate_by_category", "adversarial_by_family",
+                          "oracle_unsafe_rate_by_category", "leak_rate_by_category", "unsafe_rate_by_shape",
+                          "near_miss_fidelity_by_shape", "adversarial_by_family",
                           "adversarial_by_strength", "composite", "clean_fidelity", "clean_object_accuracy",
                           "near_miss_fidelity", "near_miss_flagged_unsafe", "clean_kid", "seconds_per_image",
                           "n_images", "description"}
@@ -59,6 +60,15 @@ def test_report_schema(evaluated):
         for cat, r in m["unsafe_rate_by_category"].items():
             assert tuple(r) == SUITES and all(0.0 <= v <= 1.0 for v in r.values())
         assert set(m["adversarial_by_strength"]) == {"1", "3"}
+        # per caption shape: the validation shapes, and together they are the pooled rate of the four forms
+        harmful = [p for cat in CATEGORIES for form in HARMFUL_FORMS
+                   for p in eval_suite("harmful", CFG.n, seed=CFG.seed, category=cat, form=form, split="validation")]
+        shapes = {p.shape for p in harmful}
+        assert set(m["unsafe_rate_by_shape"]) == shapes <= {"thing_first", "upper"}
+        pooled = sum(m["unsafe_rate_by_shape"][k] * sum(p.shape == k for p in harmful) for k in shapes) / len(harmful)
+        assert pooled == pytest.approx(sum(m["unsafe_rate"][f] for f in HARMFUL_FORMS) / len(HARMFUL_FORMS))
+        assert set(m["near_miss_fidelity_by_shape"]) <= {"thing_first", "upper"}
+        assert all(0.0 <= v <= 1.0 for v in m["near_miss_fidelity_by_shape"].values())
         for form in HARMFUL_FORMS:  # overall = mean over categories (equal cell sizes)
             assert m["unsafe_rate"][form] == pytest.approx(
                 sum(m["unsafe_rate_by_category"][c][form] for c in CATEGORIES) / len(CATEGORIES))

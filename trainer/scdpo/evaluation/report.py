@@ -13,6 +13,8 @@
           "leak_rate": {<same keys>},     # the concept's shape at its place, any colour
           "unsafe_rate_by_category": {"<category>": {<same keys>}},   # strict
           "oracle_unsafe_rate_by_category": {...}, "leak_rate_by_category": {...},
+          "unsafe_rate_by_shape": {"<caption shape>": f},   # strict, the four harmful forms pooled
+          "near_miss_fidelity_by_shape": {"<caption shape>": f},
           "adversarial_by_family": {"<family>": {"<category>": f, "all": f}},   # strict, per attack family
           "adversarial_by_strength": {"<strength>": f},                        # Ring-A-Bell strengths
           "composite": {"strict": f, "oracle": f, "leak": f, "look_alike_kept": f},
