@@ -9,8 +9,9 @@ import torch
 
 from scdpo.dpo import ToyOraclePairs, TrainConfig, train_lora
 from scdpo.dpo.inputs import encode_pairs
+from scdpo.dpo.inputs import shift_columns
 from scdpo.dpo.step import (attach_training_lora, disabled_adapter_reference, dpo_batch_loss, erasure_error,
-                            preservation_error, unet_call)
+                            preservation_error, shifted_erasure_error, shifted_preservation_error, unet_call)
 from scdpo.errors import ScdpoError
 from scdpo.lora import apply_lora, load_lora
 from scdpo.pipeline import Conditioning
@@ -178,3 +179,75 @@ def test_conditioning_rows_are_untouched_by_the_erasure_objective(toy_model, pai
     assert len(main) == 1 and torch.equal(main[0][:b], plain_cond.hidden)  # the preference term: prompts
     extra = [h for h in seen if h.shape[0] == int(((batch.category_rows >= 0) & (batch.safe_rows >= 0)).sum())]
     assert extra  # the attacked rows went through the policy once more, under the attack
+
+
+def _moved_by(moved: torch.Tensor, original: torch.Tensor, most: int) -> list[int]:
+    """The sideways moves k, 1 <= |k| <= most, that turn ``original`` into ``moved``."""
+    return [k for k in range(-most, most + 1) if k and torch.equal(shift_columns(original, k), moved)]
+
+
+def test_shifted_terms_ask_for_the_same_target_moved_with_the_state(toy_model, pairs):
+    _, _, _, batch, noisy, cond, t = _setup(toy_model, pairs)
+    b = len(batch)
+    seen = []
+
+    def identity(x, tt, c: Conditioning):  # predicts its input: the error is the distance to the moved target
+        seen.append((x.clone(), tt.clone(), c.hidden.clone()))
+        return x
+
+    losers, winners = noisy[b:], noisy[:b]
+    harmful = batch.with_rewrite
+    rows = harmful.nonzero().squeeze(1)
+    # target = safe − g·(ref − safe): with safe = x + 0.5 and ref = x + 1 that is x + 0.5 (g 0) or x (g 1)
+    plain = shifted_erasure_error(identity, batch, losers, t, cond, losers + 0.5, losers + 1.0, 0.0,
+                                  torch.Generator().manual_seed(1), 0.5)
+    assert torch.allclose(plain[harmful], torch.full_like(plain[harmful], 0.25)) and torch.all(plain[~harmful] == 0)
+    x, tt, hidden = seen[0]
+    assert x.shape[0] == len(rows)  # one more forward of just those rows, with their timesteps and prompts
+    assert torch.equal(tt, t[rows]) and torch.equal(hidden, cond.hidden[rows])
+    most = round(0.5 * losers.shape[-1])
+    moves = [_moved_by(x[j], losers[i], most) for j, i in enumerate(rows.tolist())]
+    assert all(moves) and len({m[0] for m in moves}) > 1  # every row moved, not all by the same k
+    guided = shifted_erasure_error(identity, batch, losers, t, cond, losers + 0.5, losers + 1.0, 1.0,
+                                   torch.Generator().manual_seed(1), 0.5)
+    assert float(guided.abs().max()) < 1e-10
+
+    asked = []
+
+    def reference(x, tt, c):  # the preservation target is the reference at the moved state itself
+        asked.append(x.clone())
+        return x - 0.2
+
+    kept = shifted_preservation_error(identity, reference, batch, winners, t, cond,
+                                      torch.Generator().manual_seed(1), 0.5)
+    harmless = batch.category_rows < 0
+    assert torch.allclose(kept[harmless], torch.full_like(kept[harmless], 0.04)) and torch.all(kept[~harmless] == 0)
+    assert seen[-1][0].shape[0] == int(harmless.sum()) and torch.equal(asked[0], seen[-1][0])
+    assert all(_moved_by(asked[0][j], winners[i], most) for j, i in enumerate(harmless.nonzero().flatten().tolist()))
+
+
+def test_shifted_terms_add_to_the_batch_loss_and_are_checked(tmp_path, toy_model, pairs):
+    model, _, _, batch, _, _, _ = _setup(toy_model, pairs, scale=0.05)
+    policy, reference = unet_call(model.unet), disabled_adapter_reference(model.unet)
+
+    def loss(**kw):
+        with torch.no_grad():
+            return float(dpo_batch_loss(model, policy, reference, batch, torch.Generator().manual_seed(4),
+                                        beta=500.0, lam=0.5, gamma=1.0, erase_weight=0.5, preserve_weight=1.0,
+                                        **kw)[0])
+
+    # the moves are drawn after every other draw of the step: the rest of the loss is the same
+    assert loss(erase_shift=0.5) > loss()
+    assert loss(erase_shift=0.5, preserve_shift=0.5) > loss(erase_shift=0.5)
+
+    with pytest.raises(ScdpoError, match="erase_shift .* needs erase_weight"):
+        TrainConfig(erase_shift=0.5).validate()
+    with pytest.raises(ScdpoError, match="preserve_shift .* needs preserve_weight"):
+        TrainConfig(preserve_shift=0.5).validate()
+    with pytest.raises(ScdpoError, match="erase_shift must be in"):
+        TrainConfig(erase_weight=1.0, erase_shift=0.75).validate()
+    cfg = TrainConfig(out=str(tmp_path), name="moved", erase_weight=1.0, erase_shift=0.5, preserve_weight=1.0,
+                      preserve_shift=0.5, **TINY)
+    lora = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    assert '"erase_shift": 0.5' in lora.metadata["scdpo_train_config"]
+    assert max(float(v.abs().max()) for k, v in lora.tensors.items() if "lora_up" in k) > 1e-4

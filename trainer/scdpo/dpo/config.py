@@ -85,6 +85,8 @@ class TrainConfig:
     adversarial_objective: str = "preference"  # preference (the pair trains under the attack) | erasure (erase_weight's term under it)
     shift_augment: float = 0.0  # share of harmful pairs trained with winner and loser moved sideways together
     shift_fraction: float = 0.25  # largest such move, as a share of the image width
+    erase_shift: float = 0.0  # erasure target asked again with the loser moved sideways by up to this share of the width
+    preserve_shift: float = 0.0  # preservation term asked again at the winner moved sideways by up to this share
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
     base_dtype: str = "auto"  # frozen base weights: auto (bf16; fp16 on GPUs without bf16; fp32 for the toy) | fp32 | bf16 | fp16
     gradient_checkpointing: bool = False
@@ -155,6 +157,12 @@ class TrainConfig:
         if not 0 <= self.shift_augment <= 1 or not 0 <= self.shift_fraction <= 0.5:
             raise bad(f"shift_augment must be in [0, 1] and shift_fraction in [0, 0.5] (got {self.shift_augment}, "
                       f"{self.shift_fraction})")
+        if not 0 <= self.erase_shift <= 0.5 or (self.erase_shift > 0 and self.erase_weight <= 0):
+            raise bad(f"erase_shift must be in [0, 0.5] and needs erase_weight > 0 (got {self.erase_shift}, "
+                      f"erase_weight {self.erase_weight})")
+        if not 0 <= self.preserve_shift <= 0.5 or (self.preserve_shift > 0 and self.preserve_weight <= 0):
+            raise bad(f"preserve_shift must be in [0, 0.5] and needs preserve_weight > 0 (got {self.preserve_shift}, "
+                      f"preserve_weight {self.preserve_weight})")
         if self.shift_augment > 0 and not self.cache_inputs:
             raise bad("shift_augment needs the encoded inputs: drop --no-cache-inputs")
         if self.adversarial_share > 0 and not self.cache_inputs:
@@ -306,6 +314,12 @@ _HELP = {
                      "concept goes wherever a prompt puts it, not only where the training captions do (0 = off; "
                      "see docs/method.md)",
     "shift_fraction": "largest sideways move of shift_augment, as a share of the image width",
+    "erase_shift": "the erasure target asked once more per harmful pair, with its noisy loser and the target "
+                   "moved sideways together by up to this share of the width, so the concept is erased wherever "
+                   "a caption draws it (0 = off; needs erase_weight; see docs/method.md)",
+    "preserve_shift": "the preservation term asked once more per clean or look-alike pair, at its noisy winner "
+                      "moved sideways by up to this share of the width, towards the base model's prediction there, "
+                      "so look-alikes are kept wherever a caption draws them (0 = off; needs preserve_weight)",
     "init_lora": "start from this safety LoRA (kohya .safetensors written by scdpo lora train) instead of a fresh "
                  "adapter: a second round on data mined with it (scdpo data build --attack-lora); it must match "
                  "--rank, --alpha and the target modules",

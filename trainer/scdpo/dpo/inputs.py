@@ -40,7 +40,7 @@ FORMAT_VERSION = 4
 CLEAN_PAIR, NEAR_MISS_PAIR = -1, -2  # pair_category of harmless pairs (harmful: index of the category)
 
 
-def _shift_columns(x: torch.Tensor, k: int) -> torch.Tensor:
+def shift_columns(x: torch.Tensor, k: int) -> torch.Tensor:
     """``x`` ``[..., w]`` moved ``k`` columns right (left for ``k < 0``), the edge column filling the gap."""
     if k > 0:
         return torch.cat([x[..., :1].expand(*x.shape[:-1], k), x[..., :-k]], dim=-1)
@@ -107,7 +107,7 @@ class EncodedPairBatch:
         for i in pick.nonzero().flatten().tolist():
             k = int(size[i] * sign[i])
             for row in (i, i + b):
-                out[row] = _shift_columns(latents[row], k)
+                out[row] = shift_columns(latents[row], k)
         return out
 
     def _along_concept(self, eta: torch.Tensor) -> dict[str, torch.Tensor]:

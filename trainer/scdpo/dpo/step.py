@@ -14,6 +14,7 @@ import torch
 
 from ..errors import ScdpoError
 from ..pipeline import Conditioning, TextToImageModel
+from .inputs import shift_columns
 from .loss import ScDpoDiagnostics, denoising_error, sc_dpo_loss
 from .pairs import PairBatch
 
@@ -202,6 +203,8 @@ def dpo_batch_loss(
     erase_weight: float = 0.0,
     erase_guidance: float = 0.0,
     preserve_weight: float = 0.0,
+    erase_shift: float = 0.0,
+    preserve_shift: float = 0.0,
 ) -> tuple[torch.Tensor, ScDpoDiagnostics]:
     """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
 
@@ -220,7 +223,10 @@ def dpo_batch_loss(
     (:meth:`~scdpo.dpo.inputs.EncodedPairBatch.shift_sideways`). ``erase_weight`` > 0 (encoded batches
     only): :func:`erasure_error` of the harmful pairs' losers is added, weighted ``erase_weight · β/2``;
     ``preserve_weight`` > 0: :func:`preservation_error` of the other pairs' winners, weighted
-    ``preserve_weight · β/2``.
+    ``preserve_weight · β/2``. ``erase_shift`` > 0 (with ``erase_weight``): :func:`shifted_erasure_error`
+    is added with the same weight, the erasure target asked once more with each loser moved sideways
+    by up to that share of the width; ``preserve_shift`` > 0 (with ``preserve_weight``):
+    :func:`shifted_preservation_error` likewise.
     """
     device = device or model.device
     b = len(batch)
@@ -268,6 +274,10 @@ def dpo_batch_loss(
                               device, safe_pred=safe_pred)
         loss = loss + erase_weight * 0.5 * beta * erase
         erased.append(erase[batch.with_rewrite.to(erase.device)])
+        if erase_shift > 0:
+            moved = shifted_erasure_error(policy, batch, noisy[b:], timesteps, cond, safe_pred, ref_pred[b:],
+                                          erase_guidance, generator, erase_shift)
+            loss = loss + erase_weight * 0.5 * beta * moved
     if attacked is not None and adversarial_objective == "erasure":  # erase_weight > 0: the config checks it
         idx, rewrite, delta = attacked
         noisy_l, t = noisy[b:][idx], timesteps[idx]
@@ -281,6 +291,10 @@ def dpo_batch_loss(
     if preserve_weight > 0:
         kept = preservation_error(batch, pred[:b], ref_pred[:b])
         loss = loss + preserve_weight * 0.5 * beta * kept
+        if preserve_shift > 0:
+            moved = shifted_preservation_error(policy, reference, batch, noisy[:b], timesteps, cond, generator,
+                                               preserve_shift)
+            loss = loss + preserve_weight * 0.5 * beta * moved
         keep = (batch.category_rows < 0).to(kept.device)
         diagnostics.preservation_error = float(kept[keep].detach().mean()) if bool(keep.any()) else 0.0
     erased = [e for e in erased if e.numel()]
@@ -336,6 +350,68 @@ def erasure_error(model: TextToImageModel, reference: UNetCall, batch: "EncodedP
         safe_pred = safe_rewrite_predictions(model, reference, batch, noisy_losers, timesteps, device)
     idx_d = pick.nonzero().squeeze(1).to(pred_losers.device)
     return out.index_put((idx_d,), _erasure_mse(pred_losers[idx_d], safe_pred[idx_d], ref_pred_losers[idx_d], guidance))
+
+
+def shifted_erasure_error(policy: UNetCall, batch: "EncodedPairBatch", noisy_losers: torch.Tensor,
+                          timesteps: torch.Tensor, cond: Conditioning, safe_pred: torch.Tensor,
+                          ref_pred_losers: torch.Tensor, guidance: float, generator: torch.Generator,
+                          fraction: float) -> torch.Tensor:
+    """Per pair ``[B]``: the :func:`erasure_error` of each harmful pair with a rewrite once more, with its
+    noisy loser and its target both moved sideways (:func:`_moved_error`); 0 elsewhere.
+
+    Training captions draw a harmful thing where their one caption shape puts it, and a LoRA that
+    erases it only there leaves it wherever another shape of caption draws it (a thing named first,
+    a thing alone). Moving the noisy state and the target together asks the same thing at another
+    place: where the concept appears *there*, predict what the base model predicts for the safe rewrite,
+    moved with it (the prediction of noise or v is linear in the image, so the moved target is the same
+    safe image at the other place, the clean object staying where the state has it). One more policy
+    forward of these rows; no reference forward. Draws ``2B`` numbers from ``generator``.
+    """
+    target = safe_pred.detach().float()
+    if guidance > 0:
+        target = target - guidance * (ref_pred_losers.detach().float() - target)
+    return _moved_error(policy, batch.with_rewrite, noisy_losers, timesteps, cond, generator, fraction, target=target)
+
+
+def shifted_preservation_error(policy: UNetCall, reference: UNetCall, batch: "EncodedPairBatch",
+                               noisy_winners: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+                               generator: torch.Generator, fraction: float) -> torch.Tensor:
+    """Per pair ``[B]``: :func:`preservation_error` of the clean and look-alike pairs once more at their noisy
+    winner moved sideways (:func:`_moved_error`): the LoRA's prediction there is kept equal to the
+    reference's *at the moved state* (the preservation term asks for the base model's behaviour
+    everywhere; the base model's own prediction there, not the moved one, is that). 0 on harmful pairs.
+    The counterpart of :func:`shifted_erasure_error`, for look-alikes drawn where training captions
+    never draw them. One more policy and one more reference forward of these rows. Draws ``2B`` numbers
+    from ``generator``."""
+    return _moved_error(policy, batch.category_rows < 0, noisy_winners, timesteps, cond, generator, fraction,
+                        reference=reference)
+
+
+def _moved_error(policy: UNetCall, pick: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor,
+                 cond: Conditioning, generator: torch.Generator, fraction: float,
+                 target: Optional[torch.Tensor] = None, reference: Optional[UNetCall] = None) -> torch.Tensor:
+    """``[B]``: ``‖ε_θ(S_k x_t, c) − goal‖²`` (mean over C,H,W) on the rows ``pick``, 0 elsewhere, where ``goal``
+    is ``S_k target`` or, with ``reference``, ``ε_ref(S_k x_t, c)``. ``S_k`` moves ``k`` latent columns sideways,
+    ``1 <= |k| <= max(1, round(fraction · w))`` with a random sign, the edge column repeated into the gap
+    (:meth:`~scdpo.dpo.inputs.EncodedPairBatch.shift_sideways`'s move). Draws ``2B`` numbers from
+    ``generator`` whatever is picked."""
+    b = noisy.shape[0]
+    most = max(1, round(fraction * noisy.shape[-1]))
+    size = torch.randint(1, most + 1, (b,), generator=generator)
+    sign = torch.where(torch.rand(b, generator=generator) < 0.5, -1, 1)
+    out = torch.zeros(b, device=noisy.device, dtype=torch.float32)
+    if not bool(pick.any()):
+        return out
+    rows = pick.nonzero().squeeze(1).tolist()
+    idx_d = torch.tensor(rows, device=noisy.device)
+
+    def moved(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([shift_columns(x[i], int(size[i] * sign[i])) for i in rows])
+
+    x, t, c = moved(noisy), timesteps[idx_d], cond.index(idx_d)
+    pred = policy(x, t, c)
+    goal = reference(x, t, c) if reference is not None else moved(target)
+    return out.index_put((idx_d,), (pred.float() - goal.detach().float()).pow(2).flatten(1).mean(1))
 
 
 def _erasure_mse(pred: torch.Tensor, safe_pred: torch.Tensor, ref_pred: Optional[torch.Tensor],

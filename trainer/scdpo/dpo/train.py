@@ -354,7 +354,8 @@ class _TrainingRun:
                     shift_augment=cfg.shift_augment, shift_fraction=cfg.shift_fraction,
                     universal_attack=self.attacker, adversarial_objective=cfg.adversarial_objective,
                     erase_weight=cfg.erase_weight, erase_guidance=cfg.erase_guidance,
-                    preserve_weight=cfg.preserve_weight,
+                    preserve_weight=cfg.preserve_weight, erase_shift=cfg.erase_shift,
+                    preserve_shift=cfg.preserve_shift,
                 )
                 accelerator.backward(loss / cfg.grad_accum)
             scalars = {"loss": float(loss.detach()), **diag.scalars()}
