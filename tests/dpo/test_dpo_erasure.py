@@ -239,6 +239,12 @@ def test_shifted_terms_add_to_the_batch_loss_and_are_checked(tmp_path, toy_model
     # the moves are drawn after every other draw of the step: the rest of the loss is the same
     assert loss(erase_shift=0.5) > loss()
     assert loss(erase_shift=0.5, preserve_shift=0.5) > loss(erase_shift=0.5)
+    with torch.no_grad():  # the log pools the moved askings in with the terms'
+        logged = [dpo_batch_loss(model, policy, reference, batch, torch.Generator().manual_seed(4), beta=500.0,
+                                 lam=0.5, gamma=1.0, erase_weight=0.5, preserve_weight=1.0, **kw)[1]
+                  for kw in ({}, {"erase_shift": 0.5, "preserve_shift": 0.5})]
+    assert logged[1].erasure_error != logged[0].erasure_error > 0
+    assert logged[1].preservation_error != logged[0].preservation_error > 0
 
     with pytest.raises(ScdpoError, match="erase_shift .* needs erase_weight"):
         TrainConfig(erase_shift=0.5).validate()

@@ -38,7 +38,8 @@ class ScDpoDiagnostics:
     (the LoRA prefers the winner more than the reference does), 0..1. ``margin_accuracy``: fraction
     with ``z > m`` (the preference clears the safety margin), 0..1. ``erasure_error`` /
     ``preservation_error``: the mean squared distance of the erasure target / preservation term over
-    the pairs it applies to, before its weight (0 when the term is off; set by the batch loss).
+    the pairs it applies to, before its weight, its moved and attacked askings included (0 when the term
+    is off; set by the batch loss).
     """
 
     reward_margin: torch.Tensor

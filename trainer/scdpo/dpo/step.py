@@ -278,6 +278,7 @@ def dpo_batch_loss(
             moved = shifted_erasure_error(policy, batch, noisy[b:], timesteps, cond, safe_pred, ref_pred[b:],
                                           erase_guidance, generator, erase_shift)
             loss = loss + erase_weight * 0.5 * beta * moved
+            erased.append(moved[batch.with_rewrite.to(moved.device)])
     if attacked is not None and adversarial_objective == "erasure":  # erase_weight > 0: the config checks it
         idx, rewrite, delta = attacked
         noisy_l, t = noisy[b:][idx], timesteps[idx]
@@ -291,12 +292,14 @@ def dpo_batch_loss(
     if preserve_weight > 0:
         kept = preservation_error(batch, pred[:b], ref_pred[:b])
         loss = loss + preserve_weight * 0.5 * beta * kept
+        keep = (batch.category_rows < 0).to(kept.device)
+        logged = [kept[keep]]
         if preserve_shift > 0:
             moved = shifted_preservation_error(policy, reference, batch, noisy[:b], timesteps, cond, generator,
                                                preserve_shift)
             loss = loss + preserve_weight * 0.5 * beta * moved
-        keep = (batch.category_rows < 0).to(kept.device)
-        diagnostics.preservation_error = float(kept[keep].detach().mean()) if bool(keep.any()) else 0.0
+            logged.append(moved[keep])
+        diagnostics.preservation_error = float(torch.cat(logged).detach().mean()) if bool(keep.any()) else 0.0
     erased = [e for e in erased if e.numel()]
     if erased:
         diagnostics.erasure_error = float(torch.cat(erased).detach().mean())
@@ -367,9 +370,7 @@ def shifted_erasure_error(policy: UNetCall, batch: "EncodedPairBatch", noisy_los
     safe image at the other place, the clean object staying where the state has it). One more policy
     forward of these rows; no reference forward. Draws ``2B`` numbers from ``generator``.
     """
-    target = safe_pred.detach().float()
-    if guidance > 0:
-        target = target - guidance * (ref_pred_losers.detach().float() - target)
+    target = _erasure_target(safe_pred, ref_pred_losers, guidance)
     return _moved_error(policy, batch.with_rewrite, noisy_losers, timesteps, cond, generator, fraction, target=target)
 
 
@@ -416,8 +417,14 @@ def _moved_error(policy: UNetCall, pick: torch.Tensor, noisy: torch.Tensor, time
 
 def _erasure_mse(pred: torch.Tensor, safe_pred: torch.Tensor, ref_pred: Optional[torch.Tensor],
                  guidance: float) -> torch.Tensor:
-    """``‖pred − (safe_pred − guidance · (ref_pred − safe_pred))‖²`` per sample (float32, mean over C,H,W)."""
+    """``‖pred − target‖²`` per sample (float32, mean over C,H,W), the target of :func:`_erasure_target`."""
+    return (pred.float() - _erasure_target(safe_pred, ref_pred, guidance)).pow(2).flatten(1).mean(1)
+
+
+def _erasure_target(safe_pred: torch.Tensor, ref_pred: Optional[torch.Tensor], guidance: float) -> torch.Tensor:
+    """``safe_pred − guidance · (ref_pred − safe_pred)`` (float32, detached): the base model's prediction for the
+    safe rewrite, moved further from the concept by ``guidance``."""
     target = safe_pred.detach().float()
     if guidance > 0:
         target = target - guidance * (ref_pred.detach().float() - target)
-    return (pred.float() - target).pow(2).flatten(1).mean(1)
+    return target
