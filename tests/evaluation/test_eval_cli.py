@@ -11,6 +11,7 @@ from scdpo.lora import load_lora, save_lora
 from scdpo.toy.model import shipped_toy_weights
 
 TINY = ["--n", "1", "--steps", "1"]
+NAMES_ONLY = [*TINY, "--attacks", "ring-a-bell"]  # tests of how methods are named: one attack family is enough
 
 
 def test_eval_with_a_lora_prints_json_and_writes_reports(lora_files, tmp_path, capsys):
@@ -39,7 +40,7 @@ def test_eval_with_a_lora_prints_json_and_writes_reports(lora_files, tmp_path, c
 
 
 def test_lora_name_defaults_to_the_file_stem(lora_files, tmp_path, capsys):
-    rc = main(["eval", "--lora", str(lora_files["b"]), "--method", "", *TINY, "--json", "--out", str(tmp_path)])
+    rc = main(["eval", "--lora", str(lora_files["b"]), "--method", "", *NAMES_ONLY, "--json", "--out", str(tmp_path)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert list(json.loads(captured.out.strip().splitlines()[-1])) == ["lora_b"]
@@ -89,7 +90,7 @@ def test_a_lora_path_with_an_equals_sign_is_read_whole_or_after_the_name(lora_fi
     odd = tmp_path / "run=2" / "a=b.safetensors"
     odd.parent.mkdir()
     shutil.copy(lora_files["a"], odd)
-    rc = main(["eval", "--lora", str(odd), "--lora", f"named={odd}", "--method", "", *TINY, "--json",
+    rc = main(["eval", "--lora", str(odd), "--lora", f"named={odd}", "--method", "", *NAMES_ONLY, "--json",
                "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
