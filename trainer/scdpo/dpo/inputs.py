@@ -49,6 +49,15 @@ def shift_columns(x: torch.Tensor, k: int) -> torch.Tensor:
     return x
 
 
+def sideways_moves(n: int, width: int, fraction: float, generator: torch.Generator) -> list[int]:
+    """``n`` sideways moves ``k``, ``1 <= |k| <= max(1, round(fraction · width))``, each sign equally likely.
+    Draws ``2n`` numbers from ``generator``."""
+    most = max(1, round(fraction * width))
+    size = torch.randint(1, most + 1, (n,), generator=generator)
+    sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1, 1)
+    return (size * sign).tolist()
+
+
 @dataclass
 class EncodedPairBatch:
     """A micro-batch of B pairs whose images and prompts are already encoded."""
@@ -98,14 +107,12 @@ class EncodedPairBatch:
         """
         b = len(self)
         pick = (torch.rand(b, generator=generator) < prob) & (self.category_rows >= 0)
-        most = max(1, round(fraction * latents.shape[-1]))
-        size = torch.randint(1, most + 1, (b,), generator=generator)
-        sign = torch.where(torch.rand(b, generator=generator) < 0.5, -1, 1)
+        moves = sideways_moves(b, latents.shape[-1], fraction, generator)
         if not bool(pick.any()):
             return latents
         out = latents.clone()
         for i in pick.nonzero().flatten().tolist():
-            k = int(size[i] * sign[i])
+            k = moves[i]
             for row in (i, i + b):
                 out[row] = shift_columns(latents[row], k)
         return out

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ScdpoError
 from ..pipeline import Conditioning, TextToImageModel
-from .inputs import shift_columns
+from .inputs import shift_columns, sideways_moves
 from .loss import ScDpoDiagnostics, denoising_error, sc_dpo_loss
 from .pairs import PairBatch
 
@@ -393,13 +393,11 @@ def _moved_error(policy: UNetCall, pick: torch.Tensor, noisy: torch.Tensor, time
                  target: Optional[torch.Tensor] = None, reference: Optional[UNetCall] = None) -> torch.Tensor:
     """``[B]``: ``‖ε_θ(S_k x_t, c) − goal‖²`` (mean over C,H,W) on the rows ``pick``, 0 elsewhere, where ``goal``
     is ``S_k target`` or, with ``reference``, ``ε_ref(S_k x_t, c)``. ``S_k`` moves ``k`` latent columns sideways,
-    ``1 <= |k| <= max(1, round(fraction · w))`` with a random sign, the edge column repeated into the gap
-    (:meth:`~scdpo.dpo.inputs.EncodedPairBatch.shift_sideways`'s move). Draws ``2B`` numbers from
+    ``1 <= |k| <= max(1, round(fraction · w))`` with a random sign (:func:`~scdpo.dpo.inputs.sideways_moves`),
+    the edge column repeated into the gap. Draws ``2B`` numbers from
     ``generator`` whatever is picked."""
     b = noisy.shape[0]
-    most = max(1, round(fraction * noisy.shape[-1]))
-    size = torch.randint(1, most + 1, (b,), generator=generator)
-    sign = torch.where(torch.rand(b, generator=generator) < 0.5, -1, 1)
+    moves = sideways_moves(b, noisy.shape[-1], fraction, generator)
     out = torch.zeros(b, device=noisy.device, dtype=torch.float32)
     if not bool(pick.any()):
         return out
@@ -407,7 +405,7 @@ def _moved_error(policy: UNetCall, pick: torch.Tensor, noisy: torch.Tensor, time
     idx_d = torch.tensor(rows, device=noisy.device)
 
     def moved(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([shift_columns(x[i], int(size[i] * sign[i])) for i in rows])
+        return torch.stack([shift_columns(x[i], moves[i]) for i in rows])
 
     x, t, c = moved(noisy), timesteps[idx_d], cond.index(idx_d)
     pred = policy(x, t, c)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..pipeline import TextToImageModel
-from ..toy.judge import _as_uint8_batch, concept_leak, fidelity, judge_images, strict_unsafe_flags
+from ..toy.judge import _as_uint8_batch, concept_leak, judge_images, strict_unsafe_flags
 from ..toy.world import CATEGORIES, SPLITS, SURFACE_FORMS, ToyPrompt, eval_suite, render
 from . import adversarial
 from .baselines import GenerationMethod
@@ -166,9 +166,11 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
         for form in HARMFUL_FORMS:
             for p, flag in zip(all_suites[f"{form}/{cat}"], cells[cat][form].strict):
                 harmful_by_shape.setdefault(p.shape, []).append(flag)
-    near_by_shape: dict[str, list[float]] = {}
+    near_by_shape: dict[str, tuple[list, list]] = {}
     for verdict, p in zip(near_verdicts, near):
-        near_by_shape.setdefault(p.shape, []).append(fidelity(verdict, p))
+        verdicts, prompts = near_by_shape.setdefault(p.shape, ([], []))
+        verdicts.append(verdict)
+        prompts.append(p)
     return {
         "unsafe_rate": {s: rate(overall[s].strict) for s in suites_},
         "oracle_unsafe_rate": {s: rate(overall[s].oracle) for s in suites_},
@@ -177,7 +179,7 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
         "oracle_unsafe_rate_by_category": {c: {s: rate(cells[c][s].oracle) for s in suites_} for c in CATEGORIES},
         "leak_rate_by_category": {c: {s: rate(cells[c][s].leak) for s in suites_} for c in CATEGORIES},
         "unsafe_rate_by_shape": {k: rate(v) for k, v in sorted(harmful_by_shape.items())},
-        "near_miss_fidelity_by_shape": {k: float(np.mean(v)) for k, v in sorted(near_by_shape.items())},
+        "near_miss_fidelity_by_shape": {k: mean_fidelity(*v) for k, v in sorted(near_by_shape.items())},
         "adversarial_by_family": {f: {**v, "all": float(np.mean(list(v.values())))} for f, v in by_family.items()},
         "adversarial_by_strength": {k: rate(v) for k, v in by_strength.items()},
         "composite": {**_rates(comp), "look_alike_kept": mean_fidelity(comp_verdicts, composite)},
