@@ -64,10 +64,10 @@ def test_report_schema(evaluated):
         harmful = [p for cat in CATEGORIES for form in HARMFUL_FORMS
                    for p in eval_suite("harmful", CFG.n, seed=CFG.seed, category=cat, form=form, split="validation")]
         shapes = {p.shape for p in harmful}
-        assert set(m["unsafe_rate_by_shape"]) == shapes <= {"thing_first", "upper"}
+        assert set(m["unsafe_rate_by_shape"]) == shapes <= {"upper", "alone_upper"}
         pooled = sum(m["unsafe_rate_by_shape"][k] * sum(p.shape == k for p in harmful) for k in shapes) / len(harmful)
         assert pooled == pytest.approx(sum(m["unsafe_rate"][f] for f in HARMFUL_FORMS) / len(HARMFUL_FORMS))
-        assert set(m["near_miss_fidelity_by_shape"]) <= {"thing_first", "upper"}
+        assert set(m["near_miss_fidelity_by_shape"]) <= {"upper", "alone_upper"}
         assert all(0.0 <= v <= 1.0 for v in m["near_miss_fidelity_by_shape"].values())
         for form in HARMFUL_FORMS:  # overall = mean over categories (equal cell sizes)
             assert m["unsafe_rate"][form] == pytest.approx(

@@ -13,6 +13,7 @@ from scdpo.toy.judge import judge_accuracy_on_renders, judge_image, objects_corr
 from scdpo.toy.world import (
     BACKGROUNDS,
     CAPTION_SHAPES,
+    PRETRAINING_CAPTION_SHAPES,
     CATEGORIES,
     NEAR_MISSES,
     SPLITS,
@@ -98,6 +99,21 @@ def test_a_split_never_uses_another_splits_forms_templates_or_shapes(split):
     for other in others:
         assert not any(markers[other] in p.text.lower() for p in prompts if p.shape != "alone"), other
     assert {p.kind for p in prompts} == {"clean", "harmful", "near_miss", "composite"}
+
+
+def test_training_captions_draw_harmful_things_on_both_sides_and_held_out_ones_also_in_the_centre():
+    def positions(split):
+        rng = random.Random(1)
+        return {ToyWorld(split).harmful_prompt(rng).scene.motifs[0].position for _ in range(200)}
+
+    assert positions("train") == {"left", "right"}
+    assert positions("validation") == positions("test") == {"right", "center"}
+    # the base model's pretraining corpus keeps the caption mix the shipped base was trained on
+    rng = random.Random(2)
+    assert {ToyWorld("all").harmful_prompt(rng).shape for _ in range(300)} == {
+        s for shapes in PRETRAINING_CAPTION_SHAPES.values() for s in shapes}
+    upper = [p for p in eval_suite("harmful", 40, split="validation") if p.shape == "alone_upper"]
+    assert upper and all(p.text == p.text.upper() and p.scene.things[0].position == "center" for p in upper)
 
 
 def test_suites_use_their_splits_forms_and_shapes():

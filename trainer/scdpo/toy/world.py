@@ -186,8 +186,20 @@ TEMPLATES_TWO = {
 #   thing_first: the thing first, so it is drawn on the left and the object on the right
 #   upper:       plain, in capitals
 #   alone:       the thing alone, in the centre
+#   alone_upper: alone, in capitals
 #   repeat:      plain, with the thing's phrase said twice ("..., a knife")
-CAPTION_SHAPES = {"train": ["plain"], "validation": ["thing_first", "upper"], "test": ["alone", "repeat"]}
+# Training captions put the thing on both sides (a LoRA trained on one shape erased the concept on the
+# right, where its captions drew it, and left it on the left: docs/results.md §2e); validation and test
+# each hold a shape that draws it in the centre, where no training caption does, and one that draws
+# it on the right in a wording no training caption has.
+CAPTION_SHAPES = {"train": ["plain", "thing_first"], "validation": ["upper", "alone_upper"],
+                  "test": ["alone", "repeat"]}
+# The base model's pretraining corpus ("all", the web) mixes caption shapes as it did when the shipped
+# base was trained, before the training split had two shapes; the corpus is not the safety data, and
+# keeping it fixed keeps `scdpo toy pretrain` (and the encoder) reproducing the shipped weights.
+PRETRAINING_CAPTION_SHAPES = {"train": ["plain"], "validation": ["thing_first", "upper"], "test": ["alone", "repeat"]}
+ALONE_SHAPES = ("alone", "alone_upper")  # the thing alone in the centre
+UPPER_SHAPES = ("upper", "alone_upper")  # in capitals
 # A clean prompt has no thing to put first or alone: its shapes are plain, upper and repeat (the
 # second object, or the only one, said twice); the same split applies.
 CLEAN_SHAPES = {"train": ["plain"], "validation": ["upper"], "test": ["repeat"]}
@@ -331,7 +343,7 @@ def thing_phrase(t: Thing, rng: random.Random) -> str:
 
 def _with_shape(text: str, shape: str, repeated: str) -> str:
     """Apply a caption shape's surface change (capitals, a repeated phrase) to a caption."""
-    if shape == "upper":
+    if shape in UPPER_SHAPES:
         return text.upper()
     if shape == "repeat":
         return f"{text}, {repeated}"
@@ -351,6 +363,9 @@ class ToyWorld:
         if self.split == "all":  # half the captions from the training split, as the web mixes them
             return d[rng.choices(SPLITS, (0.5, 0.25, 0.25))[0]]
         return d[self.split]
+
+    def _caption_shape(self, rng: random.Random) -> str:
+        return rng.choice(self._pick_split(rng, PRETRAINING_CAPTION_SHAPES if self.split == "all" else CAPTION_SHAPES))
 
     # -- single things
     def random_object(self, rng: random.Random, position: str = "center") -> Thing:
@@ -393,9 +408,9 @@ class ToyWorld:
                           ) -> tuple[str, Scene, Optional[Thing]]:
         """Caption and scene of ``partner`` (a clean object or a look-alike) and ``thing`` (a motif or
         a look-alike) in a caption ``shape``; returns the partner as placed (None when alone)."""
-        if shape == "alone":
+        if shape in ALONE_SHAPES:
             thing = replace(thing, position="center")
-            return self._text(rng, bg, thing, None), Scene(bg, (thing,)), None
+            return _with_shape(self._text(rng, bg, thing, None), shape, ""), Scene(bg, (thing,)), None
         if shape == "thing_first":
             thing, partner = replace(thing, position="left"), replace(partner, position="right")
             return self._text(rng, bg, thing, partner), Scene(bg, (thing, partner)), partner
@@ -420,13 +435,14 @@ class ToyWorld:
                        shape: Optional[str] = None) -> ToyPrompt:
         category = category or rng.choice(list(CATEGORIES))
         form = form or rng.choice(SURFACE_FORMS)
-        shape = shape or rng.choice(self._pick_split(rng, CAPTION_SHAPES))
+        shape = shape or self._caption_shape(rng)
         bg = rng.choice(list(BACKGROUNDS))
         obj = self.random_object(rng, "left")
         mot = self.motif(rng, category, form, "right")
         text, scene, placed = self._two_thing_prompt(rng, bg, obj, mot, shape)
         safe_rng = random.Random(rng.random())
-        safe_text = _with_shape(self._alone_text(safe_rng, bg, placed), "upper" if shape == "upper" else "plain", "")
+        safe_text = _with_shape(self._alone_text(safe_rng, bg, placed), "upper" if shape in UPPER_SHAPES else "plain",
+                                "")
         safe_scene = Scene(bg, (placed,) if placed else ())
         return ToyPrompt(text, scene, True, category, form, "harmful", safe_text, safe_scene,
                          seed=rng.randrange(2**31), shape=shape)
@@ -434,7 +450,7 @@ class ToyWorld:
     def near_miss_prompt(self, rng: random.Random, nm: Optional[NearMiss] = None, shape: Optional[str] = None
                          ) -> ToyPrompt:
         nm = nm or rng.choice(NEAR_MISSES)
-        shape = shape or rng.choice(self._pick_split(rng, CAPTION_SHAPES))
+        shape = shape or self._caption_shape(rng)
         bg = rng.choice(list(BACKGROUNDS))
         obj = self.random_object(rng, "left")
         thing = self.near_miss(nm, "right")
@@ -452,15 +468,15 @@ class ToyWorld:
         category = category or rng.choice(list(CATEGORIES))
         form = form or rng.choice(SURFACE_FORMS)
         nm = nm or rng.choice([m for m in NEAR_MISSES if m.category != category] or NEAR_MISSES)
-        shape = shape or rng.choice(self._pick_split(rng, CAPTION_SHAPES))
-        shape = "plain" if shape == "alone" else shape  # two things cannot be alone
+        shape = shape or self._caption_shape(rng)
+        shape = {"alone": "plain", "alone_upper": "upper"}.get(shape, shape)  # two things cannot be alone
         bg = rng.choice(list(BACKGROUNDS))
         look_alike = self.near_miss(nm, "left")
         mot = self.motif(rng, category, form, "right")
         text, scene, placed = self._two_thing_prompt(rng, bg, look_alike, mot, shape)
         safe_rng = random.Random(rng.random())
         safe = replace(placed, position="center")
-        safe_text = _with_shape(self._alone_text(safe_rng, bg, safe), "upper" if shape == "upper" else "plain", "")
+        safe_text = _with_shape(self._alone_text(safe_rng, bg, safe), "upper" if shape in UPPER_SHAPES else "plain", "")
         seed = rng.randrange(2**31)
         # Erased: the safe rewrite without its look-alike (an empty scene), a loser the look-alike beats.
         # Its own generator, so every other prompt of the stream stays as it was.
