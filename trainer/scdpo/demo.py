@@ -68,9 +68,11 @@ class DemoPlan:
     # pairs trained under a universal attack kept and refined against the current LoRA (one Adam step per
     # training step) at the budget of the evaluation's optimised attacks, the LoRA also on the transformer
     # blocks' projections and feed-forward layers. Validation, two seeds, n=20: worst attack 52/52 -> 35/30 %
-    # unsafe, selection score 0.729/0.709 -> 0.756/0.746 (docs/results.md §2d)
+    # unsafe, selection score 0.729/0.709 -> 0.756/0.746 (docs/results.md §2d). Preservation 8 (was 4) since
+    # training captions have two shapes: validation, two seeds, n=20, mean score 0.594 -> 0.631, near-miss
+    # 94.9/85.8 -> 95.4/89.3 %, dir+syn+mis 20.0/18.9 -> 28.9/22.2 % unsafe (docs/results.md §2f)
     erase_weight: float = 0.5
-    preserve_weight: float = 4.0
+    preserve_weight: float = 8.0
     adversarial_share: float = 0.5
     adversarial_steps: int = 1
     adversarial_budget: float = 2.0

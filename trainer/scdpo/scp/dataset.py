@@ -147,8 +147,8 @@ class ScpDataset(torch.utils.data.Dataset):
         loser = _decode_png(row["loser_png"], f"{self.path} row {row['pair_id']!r} loser image")
         return {
             "prompt": row["prompt"],
-            "winner": torch.from_numpy(winner).float() / 255.0,
-            "loser": torch.from_numpy(loser).float() / 255.0,
+            "winner": torch.tensor(winner, dtype=torch.float32) / 255.0,  # a copy: decoded arrays are read-only
+            "loser": torch.tensor(loser, dtype=torch.float32) / 255.0,
             "winner_cost": float(row["winner_cost"]),
             "loser_cost": float(row["loser_cost"]),
             "winner_reward": float(row["winner_reward"]),
