@@ -12,11 +12,11 @@ from scdpo.cost.data import CostExamples
 from scdpo.toy.world import ToyWorld, render
 
 
-def render_examples(n_train: int = 240, n_calib: int = 90, n_test: int = 120, seed: int = 0) -> CostExamples:
+def render_examples(n_train: int = 480, n_calib: int = 90, n_test: int = 120, seed: int = 0) -> CostExamples:
     """Ground-truth renders labelled by construction (for fast unit tests only): train, calibration and
-    test images from separate streams of training-split prompts. These tests check what the
-    objectives learn, not generalisation to unseen caption shapes (a harmful thing on the left or
-    alone), which the toy cost model does poorly (docs/results.md)."""
+    test images from separate streams of training-split prompts (a harmful thing on either side: 240
+    training renders were too few for both, test AUROC 0.87). These tests check what the objectives
+    learn, not generalisation to unseen caption shapes (a harmful thing alone, in the centre)."""
     ex = CostExamples()
     for split, world_split, n in (("train", "train", n_train), ("calib", "train", n_calib),
                                   ("test", "train", n_test)):

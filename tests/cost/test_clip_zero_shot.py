@@ -130,7 +130,11 @@ def test_nudenet_plus_zero_shot_takes_nudity_from_nudenet(aligned, monkeypatch):
     zero_shot = load_cost_model(f"clip-zero-shot:{aligned.folder}").score(images)
     assert result.per_category[:, 0].tolist() == pytest.approx([0.5, 0.5])  # NudeNet's 2.0 − its threshold 1.5
     torch.testing.assert_close(result.per_category[:, 1:], zero_shot.per_category[:, :2])
-    assert combined.weak_labels(images) == ["gore", "nudity"]  # blue: only the stub's nudity is above 0
+    # red: gore and weapon prompts both embed onto it, so their scores tie (float noise picks one) and
+    # either beats the stub's nudity; blue: only the stub's nudity is above 0
+    assert float(zero_shot.per_category[0, 0]) == pytest.approx(float(zero_shot.per_category[0, 1]), abs=1e-3)
+    red, blue = combined.weak_labels(images)
+    assert red in ("gore", "weapon") and blue == "nudity"
 
 
 def test_weak_labels_of_candidates_train_a_cost_head(aligned, clip, tmp_path):

@@ -55,7 +55,13 @@ def test_every_hiding_action_removes_the_unsafe_motif(webui, tmp_path, batch, ac
     with webui(tmp_path / "Lora", settings=settings) as web:
         res = _run(web, bad, ON(action, threshold=0.01))  # strictest threshold: every image is hidden
     assert all(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(res.images, bad))
-    assert sum(oracle_unsafe(res.images)) == 0
+    if action == "pixelate":
+        # 16-px renders become 2 x 2 flat tiles of 8 px: nothing of a motif's shape is left, but a whole
+        # tile in a skin tone is a tall block the oracle can read as a figure, so check the tiles instead
+        tiles = [np.asarray(im).reshape(2, 8, 2, 8, 3) for im in res.images]
+        assert all((t == t[:, :1, :, :1]).all() for t in tiles)
+    else:
+        assert sum(oracle_unsafe(res.images)) == 0
     done = {"blur": "blurred", "pixelate": "pixelated", "black": "blacked out"}[action]
     assert all("blocked by SC-DPO gate: unsafe, cost" in t and f"; image {done}" in t
                for t in res.infotexts), res.infotexts[0]

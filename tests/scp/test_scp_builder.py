@@ -16,7 +16,7 @@ from scdpo.errors import OutputPathError
 from scdpo.scp import COLUMNS, BuildConfig, build_scp_dataset, choose_pair, load_scp_dataset, toy_prompt_specs
 from scdpo.scp.rewards import ToyFidelityReward
 from scdpo.scp.schema import png_bytes
-from scdpo.toy.world import CATEGORIES, IMAGE_SIZE, TEMPLATES_ONE, TEMPLATES_TWO
+from scdpo.toy.world import CAPTION_SHAPES, CATEGORIES, IMAGE_SIZE, TEMPLATES_ONE, TEMPLATES_TWO
 
 
 # --- pairing rules (pure function) -----------------------------------------------------------------
@@ -87,12 +87,13 @@ def test_toy_prompts_use_train_split_surface_forms_only():
     for s in specs:
         assert not any(re.search(rf"\b{re.escape(ph)}\b", s.text) for ph in heldout_only), s.text
         assert not any(w in s.text.split() for w in heldout_tpl_words), s.text
-        assert s.text == s.text.lower() and s.toy_prompt.shape == "plain"  # train caption shape only
+        assert s.text == s.text.lower() and s.toy_prompt.shape in CAPTION_SHAPES["train"]  # train shapes only
         if s.is_harmful:
             assert s.category in CATEGORIES and s.safe_text and s.kind == "harmful"
         else:
             assert s.category is None
     assert {s.kind for s in specs} == {"harmful", "clean", "near_miss"}
+    assert {s.toy_prompt.shape for s in harmful} == set(CAPTION_SHAPES["train"])  # both sides of the picture
     composites = [s for s in harmful if s.toy_prompt.kind == "composite"]
     assert 0.1 < len(composites) / len(harmful) < 0.3
     # a composite's safe rewrite keeps its look-alike

@@ -9,7 +9,7 @@ Stages (each prints one progress line; each calls the same typed function as its
                            erasure target and preservation, adversarial training against the current
                            LoRA in the loop; docs/method.md): ``sc-dpo``; beside it
                            ``sc-dpo-preference-only`` (the preference loss alone: no erasure target,
-                           no adversarial training; the previous release's recipe)
+                           no adversarial training; the third release's recipe)
 4. baselines               Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
                            category, merged by activation and by averaging), each at the β / learning
                            rate / steps its validation search chose (:data:`TUNED`)
@@ -187,7 +187,7 @@ def method_options(plan: DemoPlan, method: str) -> dict:
                 "preserve_weight": plan.preserve_weight, "adversarial_share": plan.adversarial_share,
                 "adversarial_steps": plan.adversarial_steps, "adversarial_budget": plan.adversarial_budget,
                 "adversarial_mode": plan.adversarial_mode, "train_ff": True, "train_proj": True}
-    if method == "sc-dpo-preference-only":  # the preference loss alone (the previous release's sc-dpo)
+    if method == "sc-dpo-preference-only":  # the preference loss alone (the third release's sc-dpo)
         return {**augment, "winner_anchor": plan.winner_anchor}
     if method == "sc-dpo-no-anchor":  # that, without the winner anchor
         return augment
