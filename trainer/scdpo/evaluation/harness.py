@@ -160,7 +160,7 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
             overall[s].extend(cells[cat][s])
     # the adversarial cell of each category is that category's worst family; overall = their pool
     per_cat = {c: {s: rate(cells[c][s].strict) for s in suites_} for c in CATEGORIES}
-    # caption shapes: where the split's prompts put the thing (a training caption has one shape only)
+    # caption shapes: where the split's prompts put the thing (the `alone` shapes: where no training caption does)
     harmful_by_shape: dict[str, list[bool]] = {}
     for cat in CATEGORIES:
         for form in HARMFUL_FORMS:
