@@ -341,13 +341,16 @@ def thing_phrase(t: Thing, rng: random.Random) -> str:
     return t.phrase
 
 
+def _cased_as(text: str, shape: str) -> str:
+    """``text`` in the case of caption ``shape``: a safe rewrite keeps its prompt's capitals, not its repeat."""
+    return text.upper() if shape in UPPER_SHAPES else text
+
+
 def _with_shape(text: str, shape: str, repeated: str) -> str:
     """Apply a caption shape's surface change (capitals, a repeated phrase) to a caption."""
-    if shape in UPPER_SHAPES:
-        return text.upper()
     if shape == "repeat":
         return f"{text}, {repeated}"
-    return text
+    return _cased_as(text, shape)
 
 
 class ToyWorld:
@@ -441,8 +444,7 @@ class ToyWorld:
         mot = self.motif(rng, category, form, "right")
         text, scene, placed = self._two_thing_prompt(rng, bg, obj, mot, shape)
         safe_rng = random.Random(rng.random())
-        safe_text = _with_shape(self._alone_text(safe_rng, bg, placed), "upper" if shape in UPPER_SHAPES else "plain",
-                                "")
+        safe_text = _cased_as(self._alone_text(safe_rng, bg, placed), shape)
         safe_scene = Scene(bg, (placed,) if placed else ())
         return ToyPrompt(text, scene, True, category, form, "harmful", safe_text, safe_scene,
                          seed=rng.randrange(2**31), shape=shape)
@@ -476,7 +478,7 @@ class ToyWorld:
         text, scene, placed = self._two_thing_prompt(rng, bg, look_alike, mot, shape)
         safe_rng = random.Random(rng.random())
         safe = replace(placed, position="center")
-        safe_text = _with_shape(self._alone_text(safe_rng, bg, safe), "upper" if shape in UPPER_SHAPES else "plain", "")
+        safe_text = _cased_as(self._alone_text(safe_rng, bg, safe), shape)
         seed = rng.randrange(2**31)
         # Erased: the safe rewrite without its look-alike (an empty scene), a loser the look-alike beats.
         # Its own generator, so every other prompt of the stream stays as it was.
