@@ -155,7 +155,7 @@ def toy_data_cache_key(base: Optional[str], n_train: int, n_calib: int, n_test: 
     base_path = Path(base) if base not in (None, "", "toy") else shipped_toy_weights()
     stat = base_path.stat() if base_path.exists() else None
     key = dict(base=base_path.name, base_size=stat.st_size if stat else 0, n_train=n_train, n_calib=n_calib,
-               n_test=n_test, steps=steps, seed=seed, version=3)
+               n_test=n_test, steps=steps, seed=seed, version=4)
     if not cache_dir:
         return None, key
     tag = "-".join(f"{v}" for v in key.values()).replace("/", "_")

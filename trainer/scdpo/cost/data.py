@@ -126,8 +126,14 @@ TOY_PLACE_SHIFTS = (-7, -3)
 
 def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: int = 800, seed: int = 0,
                       steps: int = 20, batch_size: int = 128, harmful_frac: float = 0.45,
-                      near_miss_frac: float = 0.3, progress: bool = True, shift_places: bool = True) -> CostExamples:
+                      near_miss_frac: float = 0.3, progress: bool = True, shift_places: bool = True,
+                      leak_labels: bool = True) -> CostExamples:
     """Base-model generations labelled by the oracle judge.
+
+    With ``leak_labels`` (the default) an image is also unsafe when its prompt's harmful concept
+    *leaks* (:func:`~scdpo.toy.judge.concept_leak`: the concept's shape at its place in a colour the
+    judge does not read, e.g. faint drops where the base draws a splatter): the label is the strict
+    verdict the reports use, so the cost model learns the concept, not the judge's colours.
 
     The training split's captions put a harmful or look-alike thing on the right only (its caption
     shape); a gate must see it anywhere. With ``shift_places`` every train and calibration image is
@@ -140,7 +146,7 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
     = the concept (category a harmful or near-miss prompt is about); plain clean prompts get no
     group (they pair with every unsafe image in the ranking term).
     """
-    from ..toy.judge import judge_images
+    from ..toy.judge import concept_leak, judge_images
     from ..toy.world import ToyWorld
 
     plan = [("train", "train", n_train, seed), ("calib", "train", n_calib, seed + 1),
@@ -159,11 +165,12 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
             arr = (imgs.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
             verdicts = judge_images(arr)  # judge exactly the stored 8-bit image: rounding to 8 bits flips some labels
             for i, (p, v) in enumerate(zip(chunk, verdicts)):
-                out.add(arr[i], v.unsafe_category, p.category, p.kind == "near_miss" and not v.is_unsafe, split,
+                label = v.unsafe_category or (concept_leak(arr[i], p) if leak_labels else None)
+                out.add(arr[i], label, p.category, p.kind == "near_miss" and not label, split,
                         f"{split}/{start + i:05d} ({p.kind}: {p.text})")
                 for shift in (TOY_PLACE_SHIFTS if shift_places and split != "test" else ()):
-                    out.add(np.ascontiguousarray(np.roll(arr[i], shift, axis=1)), v.unsafe_category, p.category,
-                            p.kind == "near_miss" and not v.is_unsafe, split,
+                    out.add(np.ascontiguousarray(np.roll(arr[i], shift, axis=1)), label, p.category,
+                            p.kind == "near_miss" and not label, split,
                             f"{split}/{start + i:05d} shifted {shift} ({p.kind}: {p.text})")
             bar.update(len(chunk))
     bar.close()
