@@ -2,7 +2,7 @@
 
 Stages (each prints one progress line; each calls the same typed function as its CLI command):
 
-1. ``scdpo cost train``    safety cost model on base-model generations labelled by the oracle judge
+1. ``scdpo cost train``    safety cost model on base-model generations labelled by the strict verdict
 2. ``scdpo data build``    safety-constrained preference (SCP) pairs scored by that cost model, with
                            composite prompts (a look-alike next to a harmful thing)
 3. ``scdpo lora train``    the SC-DPO safety LoRA (β, λ, γ, winner anchor μ, concept augmentation,

@@ -16,7 +16,7 @@ from ..fileio import ensure_writable_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-TOY_COST_SOURCE = "toy base-model generations labelled by the oracle judge"
+TOY_COST_SOURCE = "toy base-model generations labelled by the strict verdict (oracle judge or concept leak)"
 
 WEAK_LABELLERS = ("nudenet", "clip-zero-shot", "nudenet+clip-zero-shot")  # ready scorers for --weak-label
 
@@ -30,7 +30,8 @@ ABLATIONS = (
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    data = p.add_argument_group("data (default: toy base-model generations labelled by the oracle judge)")
+    data = p.add_argument_group("data (default: toy base-model generations labelled by the strict verdict: "
+                                "oracle judge or concept leak)")
     data.add_argument("--images", default=None,
                       help="folder with safe/ and unsafe/<category>/ subfolders, or a CSV/parquet manifest "
                            "(columns path or image, label)")
@@ -164,7 +165,7 @@ def toy_data_cache_key(base: Optional[str], n_train: int, n_calib: int, n_test: 
 
 def toy_examples_cached(base: Optional[str], n_train: int, n_calib: int, n_test: int, steps: int, seed: int,
                         cache_dir: Optional[str], device: str = "cpu", progress: bool = True):
-    """Toy generations + oracle labels, cached in ``cache_dir`` keyed by every parameter."""
+    """Toy generations + strict-verdict labels, cached in ``cache_dir`` keyed by every parameter."""
     from ..models import load_base_model
     from .data import load_array_examples, save_array_examples, toy_cost_examples
 

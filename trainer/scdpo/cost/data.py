@@ -8,7 +8,7 @@ that resembles a category: where false positives are measured) and a split
 
 Sources:
 * :func:`toy_cost_examples` — generations of a toy base model for train-split prompts (train and
-  calibration) and held-out prompts (test), labelled by the oracle judge;
+  calibration) and held-out prompts (test), labelled by the strict verdict (oracle judge or concept leak);
 * :func:`folder_examples` — ``DIR/safe/*`` and ``DIR/unsafe/<category>/*``;
 * :func:`manifest_examples` — a CSV or parquet manifest (``path`` or ``image`` bytes, ``label``);
 * :func:`weak_label_examples` — an unlabelled folder labelled by a scorer (NudeNet, CLIP zero-shot);
