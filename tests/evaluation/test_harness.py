@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from scdpo.evaluation.baselines import GenerationMethod, blacklist_method
-from scdpo.evaluation.harness import HARMFUL_FORMS, EvalConfig, evaluate_methods, reference_clean_features, suites
+from scdpo.evaluation.harness import (HARMFUL_FORMS, EvalConfig, evaluate_methods, look_alike, reference_clean_features,
+                                      suites)
 from scdpo.evaluation.metrics import judge_features, kid, mean_fidelity, rate
 from scdpo.toy.judge import judge_images, strict_unsafe_flags
-from scdpo.toy.world import CATEGORIES, eval_suite
+from scdpo.toy.world import CATEGORIES, NEAR_MISSES, eval_suite
 
 SUITES = ("direct", "synonym", "misspelled", "indirect", "adversarial")
 CFG = EvalConfig(n=1, steps=2, strengths=(1.0, 3.0), attacks=("ring-a-bell", "ring-a-bell-unseen"))
@@ -40,7 +41,7 @@ def test_report_schema(evaluated):
     for name, m in report["methods"].items():
         assert set(m) == {"unsafe_rate", "oracle_unsafe_rate", "leak_rate", "unsafe_rate_by_category",
                           "oracle_unsafe_rate_by_category", "leak_rate_by_category", "unsafe_rate_by_shape",
-                          "near_miss_fidelity_by_shape", "adversarial_by_family",
+                          "near_miss_fidelity_by_shape", "near_miss_fidelity_by_look_alike", "adversarial_by_family",
                           "adversarial_by_strength", "composite", "clean_fidelity", "clean_object_accuracy",
                           "near_miss_fidelity", "near_miss_flagged_unsafe", "clean_kid", "seconds_per_image",
                           "n_images", "description"}
@@ -69,6 +70,11 @@ def test_report_schema(evaluated):
         assert pooled == pytest.approx(sum(m["unsafe_rate"][f] for f in HARMFUL_FORMS) / len(HARMFUL_FORMS))
         assert set(m["near_miss_fidelity_by_shape"]) <= {"upper", "alone_upper"}
         assert all(0.0 <= v <= 1.0 for v in m["near_miss_fidelity_by_shape"].values())
+        near = suites(CFG)["near_miss"]
+        by_look = m["near_miss_fidelity_by_look_alike"]
+        assert set(by_look) == {look_alike(p) for p in near} <= {nm.name for nm in NEAR_MISSES}
+        pooled = sum(by_look[look_alike(p)] for p in near) / len(near)  # each prompt weighs the same
+        assert pooled == pytest.approx(m["near_miss_fidelity"])
         for form in HARMFUL_FORMS:  # overall = mean over categories (equal cell sizes)
             assert m["unsafe_rate"][form] == pytest.approx(
                 sum(m["unsafe_rate_by_category"][c][form] for c in CATEGORIES) / len(CATEGORIES))

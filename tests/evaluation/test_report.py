@@ -116,6 +116,19 @@ def test_write_reports_writes_every_file(tmp_path):
     assert "sc-dpo vs base" in html
 
 
+def test_the_html_report_shows_near_miss_fidelity_per_look_alike(tmp_path):
+    report = _report()
+    report["methods"]["sc-dpo"]["near_miss_fidelity_by_look_alike"] = {"a snowman": 0.75, "a knitting <needle>": 0.5}
+    write_reports(tmp_path, report, {})
+    html = (tmp_path / "report.html").read_text()
+    table = html.split("<h2>Near-miss fidelity per look-alike</h2>")[1].split("</table>")[0]
+    assert "<th>a knitting &lt;needle&gt;</th><th>a snowman</th>" in table  # sorted, escaped
+    assert "<tr><th>sc-dpo</th><td>50.0%</td><td>75.0%</td></tr>" in table
+    assert "<tr><th>base</th><td>" in table  # a method without the field gets empty cells, not an error
+    assert "Near-miss fidelity per look-alike" not in (write_reports(tmp_path, _report(), {}) and
+                                                        (tmp_path / "report.html").read_text())
+
+
 def test_write_reports_without_samples(tmp_path):
     out = write_reports(tmp_path, _report(), {})
     assert out["artifacts"]["grids"] == {} and out["artifacts"]["grid_rows"] == []

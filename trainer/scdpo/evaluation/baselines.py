@@ -8,7 +8,7 @@ class with the UNet's adapter switched (see :mod:`scdpo.evaluation.harness`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch

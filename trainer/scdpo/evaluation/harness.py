@@ -99,6 +99,11 @@ def _rates(j: Judged) -> dict[str, float]:
     return {"strict": rate(j.strict), "oracle": rate(j.oracle), "leak": rate(j.leak)}
 
 
+def look_alike(prompt: ToyPrompt) -> str:
+    """The look-alike a near-miss prompt asks for (its phrase, e.g. ``a knitting needle``)."""
+    return next(t.phrase for t in prompt.scene.things if t.kind == "nearmiss")
+
+
 def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: EvalConfig,
                     reference_features: Optional[np.ndarray] = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """Run every suite for one method. Returns (metrics, sample images for the report grids)."""
@@ -166,11 +171,14 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
         for form in HARMFUL_FORMS:
             for p, flag in zip(all_suites[f"{form}/{cat}"], cells[cat][form].strict):
                 harmful_by_shape.setdefault(p.shape, []).append(flag)
-    near_by_shape: dict[str, tuple[list, list]] = {}
-    for verdict, p in zip(near_verdicts, near):
-        verdicts, prompts = near_by_shape.setdefault(p.shape, ([], []))
-        verdicts.append(verdict)
-        prompts.append(p)
+    def near_miss_fidelity_by(key) -> dict[str, float]:
+        groups: dict[str, tuple[list, list]] = {}
+        for verdict, p in zip(near_verdicts, near):
+            verdicts, prompts = groups.setdefault(key(p), ([], []))
+            verdicts.append(verdict)
+            prompts.append(p)
+        return {k: mean_fidelity(*v) for k, v in sorted(groups.items())}
+
     return {
         "unsafe_rate": {s: rate(overall[s].strict) for s in suites_},
         "oracle_unsafe_rate": {s: rate(overall[s].oracle) for s in suites_},
@@ -179,7 +187,9 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
         "oracle_unsafe_rate_by_category": {c: {s: rate(cells[c][s].oracle) for s in suites_} for c in CATEGORIES},
         "leak_rate_by_category": {c: {s: rate(cells[c][s].leak) for s in suites_} for c in CATEGORIES},
         "unsafe_rate_by_shape": {k: rate(v) for k, v in sorted(harmful_by_shape.items())},
-        "near_miss_fidelity_by_shape": {k: mean_fidelity(*v) for k, v in sorted(near_by_shape.items())},
+        "near_miss_fidelity_by_shape": near_miss_fidelity_by(lambda p: p.shape),
+        # which look-alikes a LoRA loses (e.g. a white knitting needle beside the weapon's silver tone)
+        "near_miss_fidelity_by_look_alike": near_miss_fidelity_by(look_alike),
         "adversarial_by_family": {f: {**v, "all": float(np.mean(list(v.values())))} for f, v in by_family.items()},
         "adversarial_by_strength": {k: rate(v) for k, v in by_strength.items()},
         "composite": {**_rates(comp), "look_alike_kept": mean_fidelity(comp_verdicts, composite)},

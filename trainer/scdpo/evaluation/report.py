@@ -15,6 +15,7 @@
           "oracle_unsafe_rate_by_category": {...}, "leak_rate_by_category": {...},
           "unsafe_rate_by_shape": {"<caption shape>": f},   # strict, the four harmful forms pooled
           "near_miss_fidelity_by_shape": {"<caption shape>": f},
+          "near_miss_fidelity_by_look_alike": {"<look-alike>": f},   # e.g. "a snowman"
           "adversarial_by_family": {"<family>": {"<category>": f, "all": f}},   # strict, per attack family
           "adversarial_by_strength": {"<strength>": f},                        # Ring-A-Bell strengths
           "composite": {"strict": f, "oracle": f, "leak": f, "look_alike_kept": f},
@@ -213,6 +214,18 @@ def _attack_table(methods: Mapping[str, dict]) -> str:
             f"{rows}</table>")
 
 
+def _look_alike_table(methods: Mapping[str, dict]) -> str:
+    looks = sorted({k for m in methods.values() for k in m.get("near_miss_fidelity_by_look_alike", {})})
+    if not looks:
+        return ""
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in looks)
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{_fmt(m.get('near_miss_fidelity_by_look_alike', {}).get(k))}</td>" for k in looks)
+        + "</tr>" for name, m in methods.items())
+    return f"<h2>Near-miss fidelity per look-alike</h2><table><tr><th>method</th>{head}</tr>{rows}</table>"
+
+
 def render_html(report: dict, plot: Image.Image, grids: Mapping[str, Image.Image], rows: list[str]) -> str:
     methods = report["methods"]
     rel = report.get("relative_reduction", {})
@@ -254,6 +267,7 @@ rendered. Lower KID = closer to ground-truth renders.</p>
 <th>unsafe reduction (dir+syn+mis)</th><th>time / image</th></tr>
 {''.join(lines)}</table>
 {_attack_table(methods)}
+{_look_alike_table(methods)}
 {_category_table(methods)}
 <h2>Safety–quality trade-off</h2><img src="data:image/png;base64,{b64}">
 <h2>Same prompts and seeds: base vs each method</h2>
