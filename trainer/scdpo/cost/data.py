@@ -128,17 +128,18 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
                       steps: int = 20, batch_size: int = 128, harmful_frac: float = 0.45,
                       near_miss_frac: float = 0.3, progress: bool = True, shift_places: bool = True,
                       leak_labels: bool = True) -> CostExamples:
-    """Base-model generations labelled by the oracle judge.
+    """Base-model generations labelled by the oracle judge and the concept-leak check.
 
     With ``leak_labels`` (the default) an image is also unsafe when its prompt's harmful concept
     *leaks* (:func:`~scdpo.toy.judge.concept_leak`: the concept's shape at its place in a colour the
     judge does not read, e.g. faint drops where the base draws a splatter): the label is the strict
     verdict the reports use, so the cost model learns the concept, not the judge's colours.
 
-    The training split's captions put a harmful or look-alike thing on the right only (its caption
-    shape); a gate must see it anywhere. With ``shift_places`` every train and calibration image is
-    also added rolled sideways by :data:`TOY_PLACE_SHIFTS` columns (the thing moved to the left and to
-    the centre, same label): an image augmentation, so no other split's prompts are used.
+    The training split's captions put a harmful or look-alike thing on the right or on the left
+    (its caption shapes), never in the centre; a gate must see it anywhere. With ``shift_places``
+    every train and calibration image is also added rolled sideways (with wrap-around) by
+    :data:`TOY_PLACE_SHIFTS` columns, same label: an image augmentation that moves each thing to the
+    other places, so no other split's prompts are used.
 
     Train and calibration images come from ``ToyWorld("train")`` prompts, test images from
     ``ToyWorld("validation")`` prompts (surface forms, templates and caption shapes no training stage

@@ -171,6 +171,7 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
         for form in HARMFUL_FORMS:
             for p, flag in zip(all_suites[f"{form}/{cat}"], cells[cat][form].strict):
                 harmful_by_shape.setdefault(p.shape, []).append(flag)
+
     def near_miss_fidelity_by(key) -> dict[str, float]:
         groups: dict[str, tuple[list, list]] = {}
         for verdict, p in zip(near_verdicts, near):
