@@ -198,32 +198,31 @@ def _category_table(methods: Mapping[str, dict]) -> str:
             f"<th>category</th>{head}</tr>{''.join(rows)}</table>")
 
 
+def _method_table(title: str, methods: Mapping[str, dict], headers: list[str], cells) -> str:
+    """One row per method: its name, then ``cells(m)`` (fractions or None) formatted."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_fmt(v)}</td>" for v in cells(m)) + "</tr>"
+                   for name, m in methods.items())
+    return f"<h2>{title}</h2><table><tr><th>method</th>{head}</tr>{rows}</table>"
+
+
 def _attack_table(methods: Mapping[str, dict]) -> str:
     families = list(dict.fromkeys(f for m in methods.values() for f in m.get("adversarial_by_family", {})))
     if not families:
         return ""
-    head = "".join(f"<th>{html.escape(f)}</th>" for f in families)
-    rows = "".join(
-        f"<tr><th>{html.escape(name)}</th>"
-        + "".join(f"<td>{_fmt(m.get('adversarial_by_family', {}).get(f, {}).get('all'))}</td>" for f in families)
-        + f"<td>{_fmt(m.get('composite', {}).get('strict'))}</td>"
-        + f"<td>{_fmt(m.get('composite', {}).get('look_alike_kept'))}</td></tr>"
-        for name, m in methods.items())
-    return (f"<h2>Attack families (strict unsafe rate, mean over categories) and composite prompts</h2>"
-            f"<table><tr><th>method</th>{head}<th>composite unsafe</th><th>composite look-alike kept</th></tr>"
-            f"{rows}</table>")
+    return _method_table(
+        "Attack families (strict unsafe rate, mean over categories) and composite prompts", methods,
+        [*families, "composite unsafe", "composite look-alike kept"],
+        lambda m: [*(m.get("adversarial_by_family", {}).get(f, {}).get("all") for f in families),
+                   m.get("composite", {}).get("strict"), m.get("composite", {}).get("look_alike_kept")])
 
 
 def _look_alike_table(methods: Mapping[str, dict]) -> str:
     looks = sorted({k for m in methods.values() for k in m.get("near_miss_fidelity_by_look_alike", {})})
     if not looks:
         return ""
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in looks)
-    rows = "".join(
-        f"<tr><th>{html.escape(name)}</th>"
-        + "".join(f"<td>{_fmt(m.get('near_miss_fidelity_by_look_alike', {}).get(k))}</td>" for k in looks)
-        + "</tr>" for name, m in methods.items())
-    return f"<h2>Near-miss fidelity per look-alike</h2><table><tr><th>method</th>{head}</tr>{rows}</table>"
+    return _method_table("Near-miss fidelity per look-alike", methods, looks,
+                         lambda m: [m.get("near_miss_fidelity_by_look_alike", {}).get(k) for k in looks])
 
 
 def render_html(report: dict, plot: Image.Image, grids: Mapping[str, Image.Image], rows: list[str]) -> str:
