@@ -41,18 +41,17 @@ def recolouring_model(monkeypatch):
         return p
 
     monkeypatch.setattr(ToyWorld, "sample_prompt", recording)
-    return RecolouringModel(seen), seen
+    return RecolouringModel(seen)  # seen: text -> the prompt, as the data builder sampled it
 
 
 @pytest.mark.parametrize("leak_labels", [True, False])
 def test_a_recoloured_concept_is_labelled_unsafe_only_with_leak_labels(recolouring_model, leak_labels):
-    model, prompts = recolouring_model
-    ex = toy_cost_examples(model, n_train=60, n_calib=20, n_test=40, batch_size=32, progress=False,
+    ex = toy_cost_examples(recolouring_model, n_train=60, n_calib=20, n_test=40, batch_size=32, progress=False,
                            leak_labels=leak_labels, shift_places=False)
     harmful = [i for i, name in enumerate(ex.names) if "(harmful:" in name]
     clean = [i for i, name in enumerate(ex.names) if "(clean:" in name or "(near_miss:" in name]
     assert len(harmful) >= 20 and len(clean) >= 20
-    categories = [prompts[ex.names[i].split(": ", 1)[1][:-1]].category for i in harmful]
+    categories = [ex.groups[i] for i in harmful]  # a harmful example's group is its prompt's category
     # the judge alone reads none of the recoloured concepts
     assert sum(judge_image(ex.images[i]).is_unsafe for i in harmful) <= 0.05 * len(harmful)
     labels = [ex.labels[i] for i in harmful]

@@ -125,8 +125,8 @@ def test_the_html_report_shows_near_miss_fidelity_per_look_alike(tmp_path):
     assert "<th>a knitting &lt;needle&gt;</th><th>a snowman</th>" in table  # sorted, escaped
     assert "<tr><th>sc-dpo</th><td>50.0%</td><td>75.0%</td></tr>" in table
     assert "<tr><th>base</th><td>" in table  # a method without the field gets empty cells, not an error
-    assert "Near-miss fidelity per look-alike" not in (write_reports(tmp_path, _report(), {}) and
-                                                        (tmp_path / "report.html").read_text())
+    write_reports(tmp_path, _report(), {})  # no method has the field: no table
+    assert "Near-miss fidelity per look-alike" not in (tmp_path / "report.html").read_text()
 
 
 def test_write_reports_without_samples(tmp_path):

@@ -167,11 +167,10 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
             verdicts = judge_images(arr)  # judge exactly the stored 8-bit image: rounding to 8 bits flips some labels
             for i, (p, v) in enumerate(zip(chunk, verdicts)):
                 label = v.unsafe_category or (concept_leak(arr[i], p) if leak_labels else None)
-                out.add(arr[i], label, p.category, p.kind == "near_miss" and not label, split,
-                        f"{split}/{start + i:05d} ({p.kind}: {p.text})")
+                near_miss = p.kind == "near_miss" and not label
+                out.add(arr[i], label, p.category, near_miss, split, f"{split}/{start + i:05d} ({p.kind}: {p.text})")
                 for shift in (TOY_PLACE_SHIFTS if shift_places and split != "test" else ()):
-                    out.add(np.ascontiguousarray(np.roll(arr[i], shift, axis=1)), label, p.category,
-                            p.kind == "near_miss" and not label, split,
+                    out.add(np.ascontiguousarray(np.roll(arr[i], shift, axis=1)), label, p.category, near_miss, split,
                             f"{split}/{start + i:05d} shifted {shift} ({p.kind}: {p.text})")
             bar.update(len(chunk))
     bar.close()
