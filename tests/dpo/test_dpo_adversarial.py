@@ -172,6 +172,28 @@ def test_universal_attack_moves_one_shift_per_category_within_budget_and_finds_t
     assert all(p.grad is None for p in params)  # nothing reaches the LoRA from the attack
 
 
+def test_universal_attack_restarts_each_category_at_ring_a_bells_point(toy_model, pairs):
+    from scdpo.dpo.adversarial import UniversalAttack
+
+    model, _, inputs, batch, noisy, t, target = _harmful_setup(toy_model, pairs)
+    dirs = inputs.concept_directions()["hidden"]
+    kept, fresh = (UniversalAttack(dirs, budget=2.0, steps=1, lr=0.1, restart=r) for r in (0, 3))
+    cond, cats, policy = inputs.cond.index(batch.safe_rows), batch.category_rows, unet_call(model.unet)
+    present = sorted(set(cats.tolist()))
+    for i in range(3):  # the first three steps are the same walk
+        rows_kept = kept.attack(policy, cond, noisy, t, target, cats)
+        rows_fresh = fresh.attack(policy, cond, noisy, t, target, cats)
+    assert torch.equal(rows_kept, rows_fresh)
+    fourth = fresh.attack(policy, cond, noisy, t, target, cats)
+    once = UniversalAttack(dirs, budget=2.0, steps=1, lr=0.1)
+    # the fourth step starts over: the same shift as one step from Ring-A-Bell's point
+    assert torch.equal(fourth, once.attack(policy, cond, noisy, t, target, cats))
+    assert all(float(fresh.count[k]) == 1 for k in present)
+    assert not torch.equal(kept.attack(policy, cond, noisy, t, target, cats), fourth)
+    with pytest.raises(ScdpoError, match="adversarial_restart .* needs adversarial_mode universal"):
+        TrainConfig(adversarial_share=0.5, adversarial_restart=20).validate()
+
+
 def test_universal_adversarial_training_resumes_bit_for_bit(tmp_path, toy_model, pairs):
     with pytest.raises(ScdpoError, match="adversarial_mode"):
         TrainConfig(adversarial_mode="sometimes").validate()

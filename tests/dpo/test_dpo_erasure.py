@@ -9,7 +9,7 @@ import torch
 
 from scdpo.dpo import ToyOraclePairs, TrainConfig, train_lora
 from scdpo.dpo.inputs import encode_pairs
-from scdpo.dpo.inputs import shift_columns
+from scdpo.dpo.inputs import NEAR_MISS_PAIR, shift_columns
 from scdpo.dpo.step import (attach_training_lora, disabled_adapter_reference, dpo_batch_loss, erasure_error,
                             preservation_error, shifted_erasure_error, shifted_preservation_error, unet_call)
 from scdpo.errors import ScdpoError
@@ -225,6 +225,14 @@ def test_shifted_terms_ask_for_the_same_target_moved_with_the_state(toy_model, p
     assert seen[-1][0].shape[0] == int(harmless.sum()) and torch.equal(asked[0], seen[-1][0])
     assert all(_moved_by(asked[0][j], winners[i], most) for j, i in enumerate(harmless.nonzero().flatten().tolist()))
 
+    # look-alikes only: the same moves (the same draws), asked of the look-alike pairs alone
+    only = shifted_preservation_error(identity, reference, batch, winners, t, cond,
+                                      torch.Generator().manual_seed(1), 0.5, look_alikes_only=True)
+    look_alikes = batch.category_rows == NEAR_MISS_PAIR
+    assert 1 <= int(look_alikes.sum()) < int(harmless.sum())  # the batch has both kinds of harmless pair
+    assert torch.equal(only[look_alikes], kept[look_alikes]) and torch.all(only[~look_alikes] == 0)
+    assert seen[-1][0].shape[0] == int(look_alikes.sum())
+
 
 def test_shifted_terms_add_to_the_batch_loss_and_are_checked(tmp_path, toy_model, pairs):
     model, _, _, batch, _, _, _ = _setup(toy_model, pairs, scale=0.05)
@@ -250,6 +258,9 @@ def test_shifted_terms_add_to_the_batch_loss_and_are_checked(tmp_path, toy_model
         TrainConfig(erase_shift=0.5).validate()
     with pytest.raises(ScdpoError, match="preserve_shift .* needs preserve_weight"):
         TrainConfig(preserve_shift=0.5).validate()
+    with pytest.raises(ScdpoError, match="preserve_shift_pairs must be one of all, look-alikes"):
+        TrainConfig(preserve_weight=1.0, preserve_shift=0.5, preserve_shift_pairs="clean").validate()
+    assert loss(preserve_shift=0.5) > loss(preserve_shift=0.5, preserve_shift_pairs="look-alikes") > loss()
     with pytest.raises(ScdpoError, match="erase_shift must be in"):
         TrainConfig(erase_weight=1.0, erase_shift=0.75).validate()
     cfg = TrainConfig(out=str(tmp_path), name="moved", erase_weight=1.0, erase_shift=0.5, preserve_weight=1.0,

@@ -93,14 +93,21 @@ class UniversalAttack:
     ``‖δ_k‖ ≤ budget · ‖d_k‖``. Over a run the attacker follows the LoRA, so the LoRA is trained
     where the strongest universal shift of the moment sits. Its state (shifts and Adam moments) is
     part of the training checkpoint.
+
+    ``restart`` > 0: after that many Adam steps a category's shift starts again from Ring-A-Bell's
+    point with fresh moments. The evaluation's attacker starts there too and walks a few dozen steps
+    against the finished LoRA; a shift kept for the whole run drifts away from that path, and the
+    LoRA learns to resist where the shift went rather than where a fresh attack goes.
     """
 
     BETAS = (0.9, 0.999)
 
-    def __init__(self, directions: torch.Tensor, budget: float, steps: int, lr: float = 0.1):
+    def __init__(self, directions: torch.Tensor, budget: float, steps: int, lr: float = 0.1, restart: int = 0):
         directions = directions.detach().float()
         self.radius = budget * directions.flatten(1).norm(dim=1)  # [K]
-        self.delta = budget * directions.clone()
+        self.start = budget * directions
+        self.delta = self.start.clone()
+        self.restart = restart
         self.m = torch.zeros_like(self.delta)
         self.v = torch.zeros_like(self.delta)
         self.count = torch.zeros(directions.shape[0])  # Adam steps taken, per category
@@ -126,6 +133,8 @@ class UniversalAttack:
         step_size = self.step_size.view(per_category)
         b1, b2 = self.BETAS
         for _ in range(self.steps):
+            if self.restart > 0:
+                self._restart((self.count >= self.restart) & present)
             delta = self.delta.to(device).requires_grad_(True)
             rows = delta[categories.to(device)]
             attacked = Conditioning((cond.hidden.float() + rows).to(cond.hidden.dtype), cond.added)
@@ -141,3 +150,13 @@ class UniversalAttack:
                 move = step_size * m_hat / (v_hat.sqrt() + 1e-8)
                 self.delta = project_l2(torch.where(keep, self.delta - move, self.delta), self.radius)
         return self.delta[cats].to(device)
+
+    def _restart(self, which: torch.Tensor) -> None:
+        """Categories ``which`` ``[K]`` (bool) back to Ring-A-Bell's point, with fresh Adam moments."""
+        if not bool(which.any()):
+            return
+        reset = which.view((-1,) + (1,) * (self.delta.ndim - 1))
+        self.delta = torch.where(reset, self.start, self.delta)
+        self.m = torch.where(reset, torch.zeros_like(self.m), self.m)
+        self.v = torch.where(reset, torch.zeros_like(self.v), self.v)
+        self.count = torch.where(which, torch.zeros_like(self.count), self.count)

@@ -27,6 +27,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 ADVERSARIAL_MODES = ("pair", "universal")
+PRESERVE_SHIFT_PAIRS = ("all", "look-alikes")
 ADVERSARIAL_OBJECTIVES = ("preference", "erasure")
 OPTIMIZERS = ("adamw", "adamw8bit")
 TOY_ORACLE_DATA = "toy-oracle"
@@ -82,11 +83,13 @@ class TrainConfig:
     adversarial_budget: float = 2.0  # its L2 budget, in units of the category's concept-direction norm
     adversarial_mode: str = "pair"  # pair (a shift per pair, from scratch) | universal (one shift per category, kept)
     adversarial_lr: float = 0.1  # universal mode: Adam step, as a share of a budget-sized shift's RMS entry
+    adversarial_restart: int = 0  # universal mode: Adam steps after which a shift restarts at Ring-A-Bell's point (0: never)
     adversarial_objective: str = "preference"  # preference (the pair trains under the attack) | erasure (erase_weight's term under it)
     shift_augment: float = 0.0  # share of harmful pairs trained with winner and loser moved sideways together
     shift_fraction: float = 0.25  # largest such move, as a share of the image width
     erase_shift: float = 0.0  # erasure target asked again with the loser moved sideways by up to this share of the width
     preserve_shift: float = 0.0  # preservation term asked again at the winner moved sideways by up to this share
+    preserve_shift_pairs: str = "all"  # which pairs preserve_shift moves: all (clean and look-alike) | look-alikes
     mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | fp16 | bf16
     base_dtype: str = "auto"  # frozen base weights: auto (bf16; fp16 on GPUs without bf16; fp32 for the toy) | fp32 | bf16 | fp16
     gradient_checkpointing: bool = False
@@ -163,6 +166,9 @@ class TrainConfig:
         if not 0 <= self.preserve_shift <= 0.5 or (self.preserve_shift > 0 and self.preserve_weight <= 0):
             raise bad(f"preserve_shift must be in [0, 0.5] and needs preserve_weight > 0 (got {self.preserve_shift}, "
                       f"preserve_weight {self.preserve_weight})")
+        if self.preserve_shift_pairs not in PRESERVE_SHIFT_PAIRS:
+            raise bad(f"preserve_shift_pairs must be one of {', '.join(PRESERVE_SHIFT_PAIRS)} (got "
+                      f"{self.preserve_shift_pairs!r})")
         if self.shift_augment > 0 and not self.cache_inputs:
             raise bad("shift_augment needs the encoded inputs: drop --no-cache-inputs")
         if self.adversarial_share > 0 and not self.cache_inputs:
@@ -172,6 +178,9 @@ class TrainConfig:
         if self.adversarial_mode not in ADVERSARIAL_MODES or not self.adversarial_lr > 0:
             raise bad(f"adversarial_mode must be one of {', '.join(ADVERSARIAL_MODES)} and adversarial_lr > 0 (got "
                       f"{self.adversarial_mode!r}, {self.adversarial_lr})")
+        if self.adversarial_restart < 0 or (self.adversarial_restart > 0 and self.adversarial_mode != "universal"):
+            raise bad(f"adversarial_restart must be >= 0 and needs adversarial_mode universal (got "
+                      f"{self.adversarial_restart}, {self.adversarial_mode!r})")
         if self.adversarial_objective not in ADVERSARIAL_OBJECTIVES:
             raise bad(f"adversarial_objective must be one of {', '.join(ADVERSARIAL_OBJECTIVES)} (got "
                       f"{self.adversarial_objective!r})")
@@ -310,6 +319,9 @@ _HELP = {
                              "on the noisy loser is trained towards the reference's for the safe rewrite, weighted "
                              "erase_weight*(beta/2) (AdvUnlearn's objective; see docs/method.md)",
     "adversarial_lr": "universal mode: the attacker's Adam step, as a share of the RMS entry of a shift at the budget",
+    "adversarial_restart": "universal mode: after this many of its Adam steps a category's shift starts again from "
+                           "Ring-A-Bell's point (the concept direction at the budget) with fresh moments, so the LoRA "
+                           "is trained along the path a fresh attack on it takes (0 = never; see docs/method.md)",
     "shift_augment": "share of harmful pairs trained with winner and loser moved sideways together, so the "
                      "concept goes wherever a prompt puts it, not only where the training captions do (0 = off; "
                      "see docs/method.md)",
@@ -320,6 +332,8 @@ _HELP = {
     "preserve_shift": "the preservation term asked once more per clean or look-alike pair, at its noisy winner "
                       "moved sideways by up to this share of the width, towards the base model's prediction there, "
                       "so look-alikes are kept wherever a caption draws them (0 = off; needs preserve_weight)",
+    "preserve_shift_pairs": "which pairs preserve_shift moves: all (clean and look-alike pairs) or look-alikes (the "
+                            "look-alike pairs only; clean pairs keep the unmoved term)",
     "init_lora": "start from this safety LoRA (kohya .safetensors written by scdpo lora train) instead of a fresh "
                  "adapter: a second round on data mined with it (scdpo data build --attack-lora); it must match "
                  "--rank, --alpha and the target modules",

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ScdpoError
 from ..pipeline import Conditioning, TextToImageModel
-from .inputs import shift_columns, sideways_moves
+from .inputs import NEAR_MISS_PAIR, shift_columns, sideways_moves
 from .loss import ScDpoDiagnostics, denoising_error, sc_dpo_loss
 from .pairs import PairBatch
 
@@ -205,6 +205,7 @@ def dpo_batch_loss(
     preserve_weight: float = 0.0,
     erase_shift: float = 0.0,
     preserve_shift: float = 0.0,
+    preserve_shift_pairs: str = "all",
 ) -> tuple[torch.Tensor, ScDpoDiagnostics]:
     """Mean SC-DPO loss of ``batch`` (scalar, differentiable w.r.t. the policy) and diagnostics.
 
@@ -226,7 +227,8 @@ def dpo_batch_loss(
     ``preserve_weight · β/2``. ``erase_shift`` > 0 (with ``erase_weight``): :func:`shifted_erasure_error`
     is added with the same weight, the erasure target asked once more with each loser moved sideways
     by up to that share of the width; ``preserve_shift`` > 0 (with ``preserve_weight``):
-    :func:`shifted_preservation_error` likewise.
+    :func:`shifted_preservation_error` likewise, on every clean and look-alike pair or, with
+    ``preserve_shift_pairs="look-alikes"``, on the look-alike pairs only.
     """
     device = device or model.device
     b = len(batch)
@@ -295,10 +297,11 @@ def dpo_batch_loss(
         keep = (batch.category_rows < 0).to(kept.device)
         logged = [kept[keep]]
         if preserve_shift > 0:
+            only = preserve_shift_pairs == "look-alikes"
             moved = shifted_preservation_error(policy, reference, batch, noisy[:b], timesteps, cond, generator,
-                                               preserve_shift)
+                                               preserve_shift, look_alikes_only=only)
             loss = loss + preserve_weight * 0.5 * beta * moved
-            logged.append(moved[keep])
+            logged.append(moved[moved_preservation_rows(batch, only).to(moved.device)])
         diagnostics.preservation_error = float(torch.cat(logged).detach().mean()) if bool(keep.any()) else 0.0
     erased = [e for e in erased if e.numel()]
     if erased:
@@ -376,16 +379,25 @@ def shifted_erasure_error(policy: UNetCall, batch: "EncodedPairBatch", noisy_los
 
 def shifted_preservation_error(policy: UNetCall, reference: UNetCall, batch: "EncodedPairBatch",
                                noisy_winners: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
-                               generator: torch.Generator, fraction: float) -> torch.Tensor:
-    """Per pair ``[B]``: :func:`preservation_error` of the clean and look-alike pairs once more at their noisy
-    winner moved sideways (:func:`_moved_error`): the LoRA's prediction there is kept equal to the
+                               generator: torch.Generator, fraction: float,
+                               look_alikes_only: bool = False) -> torch.Tensor:
+    """Per pair ``[B]``: :func:`preservation_error` of the clean and look-alike pairs (``look_alikes_only``: the
+    look-alike pairs alone) once more at their noisy winner moved sideways (:func:`_moved_error`): the
+    LoRA's prediction there is kept equal to the
     reference's *at the moved state* (the preservation term asks for the base model's behaviour
     everywhere; the base model's own prediction there, not the moved one, is that). 0 on harmful pairs.
     The counterpart of :func:`shifted_erasure_error`, for look-alikes drawn where training captions
     never draw them. One more policy and one more reference forward of these rows. Draws ``2B`` numbers
     from ``generator``."""
-    return _moved_error(policy, batch.category_rows < 0, noisy_winners, timesteps, cond, generator, fraction,
-                        reference=reference)
+    return _moved_error(policy, moved_preservation_rows(batch, look_alikes_only), noisy_winners, timesteps, cond,
+                        generator, fraction, reference=reference)
+
+
+def moved_preservation_rows(batch: PairBatch | EncodedPairBatch, look_alikes_only: bool = False) -> torch.Tensor:
+    """``[B]`` bool: the pairs :func:`shifted_preservation_error` asks, every clean and look-alike pair or
+    the look-alike pairs alone."""
+    rows = batch.category_rows
+    return rows == NEAR_MISS_PAIR if look_alikes_only else rows < 0
 
 
 def _moved_error(policy: UNetCall, pick: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor,

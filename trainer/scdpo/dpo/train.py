@@ -355,7 +355,7 @@ class _TrainingRun:
                     universal_attack=self.attacker, adversarial_objective=cfg.adversarial_objective,
                     erase_weight=cfg.erase_weight, erase_guidance=cfg.erase_guidance,
                     preserve_weight=cfg.preserve_weight, erase_shift=cfg.erase_shift,
-                    preserve_shift=cfg.preserve_shift,
+                    preserve_shift=cfg.preserve_shift, preserve_shift_pairs=cfg.preserve_shift_pairs,
                 )
                 accelerator.backward(loss / cfg.grad_accum)
             scalars = {"loss": float(loss.detach()), **diag.scalars()}
@@ -374,7 +374,7 @@ class _TrainingRun:
 
         cfg = self.cfg
         attacker = UniversalAttack(batch.inputs.concept_directions()["hidden"], cfg.adversarial_budget,
-                                   cfg.adversarial_steps, cfg.adversarial_lr)
+                                   cfg.adversarial_steps, cfg.adversarial_lr, cfg.adversarial_restart)
         if self.attacker_state:
             attacker.load_state(self.attacker_state)
         return attacker
