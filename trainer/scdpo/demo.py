@@ -35,12 +35,14 @@ from typing import Callable, Optional
 
 from .fileio import ensure_writable_dir
 
-# β, learning rate and steps of each trained method, chosen on the validation split by the same
-# search for every method (docs/results.md lists the grid and the scores behind each choice).
+# β, learning rate and steps of each trained method, chosen on the validation split by the search
+# (docs/results.md §3 lists the grid and the scores behind each choice). The baselines' were searched
+# again on the present data (14 points each); SC-DPO's come from the first search, its other settings
+# from the validation experiments of docs/results.md §2.
 TUNED = {
     "sc-dpo": {"beta": 2500.0, "lr": 1e-3, "steps": 450},
-    "diffusion-dpo": {"beta": 2500.0, "lr": 3e-3, "steps": 450},
-    "safetydpo": {"beta": 2500.0, "lr": 1e-3, "steps": 100},  # per expert
+    "diffusion-dpo": {"beta": 5000.0, "lr": 3e-3, "steps": 450},
+    "safetydpo": {"beta": 10000.0, "lr": 2e-3, "steps": 100},  # per expert
 }
 
 
@@ -77,6 +79,11 @@ class DemoPlan:
     adversarial_steps: int = 1
     adversarial_budget: float = 2.0
     adversarial_mode: str = "universal"
+    # each category's shift starts again from Ring-A-Bell's point every 20 of its Adam steps: validation, two
+    # seeds, n=20: near-miss fidelity 91.8/90.4 -> 96.0/95.4 % (base 93.8), look-alikes kept in composites
+    # 86/84 -> 88/90 %, dir+syn+mis 3.9/3.9 -> 8.3/8.9 % unsafe, worst attack 52/53 -> 48/55 %; the release
+    # recipe must meet the quality targets on validation with both seeds (docs/results.md §2h)
+    adversarial_restart: int = 20
     eval_n: int = 10
     eval_split: str = "test"
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
@@ -186,7 +193,8 @@ def method_options(plan: DemoPlan, method: str) -> dict:
         return {**method_options(plan, "sc-dpo-preference-only"), "erase_weight": plan.erase_weight,
                 "preserve_weight": plan.preserve_weight, "adversarial_share": plan.adversarial_share,
                 "adversarial_steps": plan.adversarial_steps, "adversarial_budget": plan.adversarial_budget,
-                "adversarial_mode": plan.adversarial_mode, "train_ff": True, "train_proj": True}
+                "adversarial_mode": plan.adversarial_mode, "adversarial_restart": plan.adversarial_restart,
+                "train_ff": True, "train_proj": True}
     if method == "sc-dpo-preference-only":  # the preference loss alone (the third release's sc-dpo)
         return {**augment, "winner_anchor": plan.winner_anchor}
     if method == "sc-dpo-no-anchor":  # that, without the winner anchor

@@ -25,7 +25,7 @@ METHODS = ("sc-dpo", "diffusion-dpo", "safetydpo")
 @dataclass
 class SearchGrid:
     betas: tuple = (2500.0, 5000.0, 10000.0)
-    lrs: tuple = (1e-3, 3e-3)
+    lrs: tuple = (1e-3, 2e-3, 3e-3)
     step_factors: tuple = (1.0, 2.0)  # × the demo's steps of the method
     eval_n: int = 6
 
