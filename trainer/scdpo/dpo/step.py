@@ -383,9 +383,9 @@ def shifted_preservation_error(policy: UNetCall, reference: UNetCall, batch: "En
                                look_alikes_only: bool = False) -> torch.Tensor:
     """Per pair ``[B]``: :func:`preservation_error` of the clean and look-alike pairs (``look_alikes_only``: the
     look-alike pairs alone) once more at their noisy winner moved sideways (:func:`_moved_error`): the
-    LoRA's prediction there is kept equal to the
-    reference's *at the moved state* (the preservation term asks for the base model's behaviour
-    everywhere; the base model's own prediction there, not the moved one, is that). 0 on harmful pairs.
+    LoRA's prediction there is kept equal to the reference's *at the moved state* (the preservation
+    term asks for the base model's behaviour everywhere; the base model's own prediction there, not the
+    moved one, is that). 0 on harmful pairs.
     The counterpart of :func:`shifted_erasure_error`, for look-alikes drawn where training captions
     never draw them. One more policy and one more reference forward of these rows. Draws ``2B`` numbers
     from ``generator``."""
