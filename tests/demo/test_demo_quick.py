@@ -38,7 +38,7 @@ def test_quick_demo_writes_the_report_with_every_method(demo_out):
     assert "winner_anchor = 0.5" in config and "adversarial_share = 0.5" in config
     assert 'adversarial_mode = "universal"' in config and "train_ff = true" in config
     assert "erase_weight = 0.5" in config and "preserve_weight = 8.0" in config
-    assert "adversarial_restart = 20" in config
+    assert "adversarial_restart = 0" in config
     preference = (demo_out / "loras" / "sc-dpo-preference-only.config.toml").read_text()
     assert "winner_anchor = 0.5" in preference and "adversarial_share = 0.0" in preference
     assert "erase_weight = 0.0" in preference and "train_ff = false" in preference

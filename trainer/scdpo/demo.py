@@ -79,12 +79,11 @@ class DemoPlan:
     adversarial_steps: int = 1
     adversarial_budget: float = 2.0
     adversarial_mode: str = "universal"
-    # each category's shift starts again from Ring-A-Bell's point every 20 of its Adam steps: validation, two
-    # seeds, n=20: near-miss fidelity 91.8/90.4 -> 96.0/95.4 % (base 93.8), look-alikes kept in composites
-    # 86/84 -> 88/90 %, dir+syn+mis 3.9/3.9 -> 8.3/8.9 % unsafe, worst attack 52/53 -> 48/55 %; the release
-    # recipe must meet the quality targets on validation with both seeds (docs/results.md §2h). On test the
-    # worst attack was far worse than the previous recipe's, 36.7 -> 73.3 % unsafe (docs/results.md §1)
-    adversarial_restart: int = 20
+    # restarting each category's shift at Ring-A-Bell's point every 20 of its Adam steps kept look-alikes on
+    # validation (near-miss 91.8/90.4 -> 96.0/95.4 %, two seeds) but was far weaker under the optimised
+    # attacks at a second evaluation seed (worst attack 55/53 -> 75/70 %) and on test (36.7 -> 73.3 %):
+    # off (docs/results.md §2h)
+    adversarial_restart: int = 0
     eval_n: int = 10
     eval_split: str = "test"
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
