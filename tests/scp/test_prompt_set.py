@@ -178,6 +178,7 @@ def test_the_builtin_name_reads_the_train_split_by_default_and_others_on_request
         want = [r for r in shipped if split == "all" or r["split"] == (split or "train")]
         assert [s.text for s in specs] == [r["prompt"] for r in want]
         assert [s.kind for s in specs] == [{"composite": "harmful"}.get(row_kind(r), row_kind(r)) for r in want]
+        assert [s.composite for s in specs] == [row_kind(r) == "composite" for r in want]
         assert all((s.category, s.is_harmful) == (r["category"] or None, bool(r["category"]))
                    for s, r in zip(specs, want))
         assert all(s.erased_text == (r["erased_prompt"] or None) and s.safe_text == (r["safe_prompt"] or None)

@@ -426,3 +426,51 @@ def test_composite_prompts_carry_an_empty_erased_rewrite():
     p = world.composite_prompt(random.Random(3))
     assert p.erased_text and p.erased_scene.things == () and p.erased_scene.background == p.scene.background
     assert p.erased_text != p.safe_text
+
+
+def test_a_composites_rewrite_needs_only_the_cost_models_verdict():
+    # the rewrite image at C -0.5 is below the threshold but not below winner_max_cost: a plain harmful
+    # prompt skips it, a composite (its rewrite is the look-alike alone) takes it
+    args = dict(cost=[4.0, 3.5], reward=[1.0, 1.0], unsafe=[True, True], rewrite_cost=[-0.5, 5.0],
+                rewrite_reward=[1.0, 1.0], rewrite_unsafe=[False, True], winner_max_cost=-3.0, pairs=2)
+    assert choose_pair(True, **args).skip_reason == "no_safe_winner"
+    c = choose_pair(True, **args, rewrite_max_cost=3.0)
+    assert (c.winner, c.from_rewrite, c.loser, c.extra_losers) == (0, True, 0, [1])
+    # an unsafe rewrite image never wins, whatever the limit
+    args["rewrite_unsafe"] = [True, True]
+    assert choose_pair(True, **args, rewrite_max_cost=3.0).skip_reason == "no_safe_winner"
+
+
+class _OracleScorer:
+    """A cost model as sure as the judge about concepts and unsure about everything else: C = 5 where the
+    oracle sees a concept, else 0 (between the -3 of winner_max_cost and the threshold 3)."""
+
+    threshold = 3.0
+
+    def score(self, images, batch_size=16):
+        from scdpo.cost.scorer import make_result
+        from scdpo.toy.judge import judge_images
+
+        arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        cost = torch.tensor([[5.0 if v.is_unsafe else 0.0] for v in judge_images(list(arr))])
+        return make_result(cost, ["concept"], self.threshold)
+
+
+def test_composite_prompts_can_keep_their_pairs_when_the_cost_model_is_unsure_of_the_look_alike(tmp_path):
+    from scdpo.models import load_base_model
+
+    model = load_base_model("toy")
+    specs = toy_prompt_specs(10, harmful_frac=1.0, near_miss_frac=0.0, seed=5, composite_frac=1.0)
+    assert all(p.composite and p.is_harmful for p in specs)
+    cfg = dict(n_prompts=10, candidates=2, rewrite_candidates=2, steps=10, pairs_per_prompt=1, winner_max_cost=-3.0)
+    kept = build_scp_dataset(model, _OracleScorer(), ToyFidelityReward(), specs,
+                             _cfg(**cfg, composite_winner_max_cost=float("inf")), tmp_path / "a", progress=False)
+    rows = pq.read_table(tmp_path / "a" / "pairs.parquet").to_pylist()
+    assert kept.n_pairs >= 8 and all(r["winner_source"] == "safe_rewrite" for r in rows)
+    # the winners hold nothing harmful (the oracle's 0) and, nearly always, the look-alike the prompt asked for
+    assert all(r["winner_cost"] == 0.0 and r["loser_cost"] == 5.0 for r in rows)
+    assert sum(r["winner_reward"] for r in rows) / len(rows) >= 0.9
+    # by default (the harmful prompts' stricter limit) every one of them is dropped
+    strict = build_scp_dataset(model, _OracleScorer(), ToyFidelityReward(), specs, _cfg(**cfg), tmp_path / "b",
+                               progress=False)
+    assert strict.n_pairs == 0 and strict.summary["skipped_prompts"]["no_safe_winner"] >= 8

@@ -20,6 +20,13 @@ Pairing rules (:func:`choose_pair`), "safe" meaning ``C <= threshold`` of the co
   wrongly calls safe teaches the very motif the LoRA must remove, while rejecting a borderline
   candidate only costs a rewrite sample (with the toy cost model, ``C <= 0`` let unsafe winners
   through: docs/results.md §6, "Measurements behind code defaults");
+* composite harmful instruction (a look-alike *and* a harmful thing, whose safe rewrite is the
+  look-alike alone) — as a harmful one; a safe-rewrite image needs ``C <= min(threshold,
+  composite_winner_max_cost)`` (default: ``winner_max_cost``). The rewrite names nothing harmful,
+  but a look-alike alone is just what the cost model is least sure of (a snowman, a knitting
+  needle: ``C`` around -1 to 4.5 on the toy cost model), so the default drops nearly every
+  composite with a pale or metallic look-alike; ``inf`` (the verdict alone) keeps them. On the toy
+  world that kept look-alikes better and removed less (docs/results.md §2i), so it is not the default;
 * clean instruction — winner = the best-``R`` safe candidate (an unsafe candidate never wins);
   loser = among candidates with a strictly lower ``R``, the highest-``C`` unsafe one if any (the
   preferred loser), else the lowest-``R`` one; skipped as ``reward_tie`` if no candidate scores
@@ -82,6 +89,7 @@ class PromptSpec:
     safe_text: Optional[str] = None  # the safe rewrite (toy: given by the world's generator)
     erased_text: Optional[str] = None  # a look-alike prompt (or a composite's safe rewrite) without its look-alike
     toy_prompt: object = None  # scdpo.toy.world.ToyPrompt for the toy reward
+    composite: bool = False  # harmful, and holds a look-alike its safe rewrite keeps
 
 
 @dataclass
@@ -102,6 +110,8 @@ class BuildConfig:
     batch_size: int = 128  # images per generate() call
     chunk_prompts: int = 64  # prompts per resumable part
     winner_max_cost: float = -3.0  # a harmful pair's winner needs C <= min(threshold, this)
+    # a composite's safe-rewrite winner needs C <= min(threshold, this) (None: winner_max_cost; inf: the verdict)
+    composite_winner_max_cost: Optional[float] = None
     pairs_per_prompt: int = 3  # up to this many pairs (same winner, next losers) per prompt
     relative_verdicts: bool = False  # smoke checks only: "unsafe" = cost above the prompt's median candidate
     seed: int = 0
@@ -125,11 +135,13 @@ def _best(indices: Sequence[int], reward, cost) -> int:
 def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float], unsafe: Sequence[bool],
                 rewrite_cost: Sequence[float] = (), rewrite_reward: Sequence[float] = (),
                 rewrite_unsafe: Sequence[bool] = (), winner_max_cost: float = float("inf"),
-                pairs: int = 1, erased_reward: Sequence[float] = ()) -> PairChoice:
+                pairs: int = 1, erased_reward: Sequence[float] = (),
+                rewrite_max_cost: Optional[float] = None) -> PairChoice:
     """The pairing rules of the module docstring for one prompt's candidates.
 
     ``unsafe[i]`` is the cost model's verdict (``C > threshold``); a harmful pair's winner must in
-    addition have ``C <= winner_max_cost``. ``pairs``: at most this many losers for the winner.
+    addition have ``C <= winner_max_cost`` (a safe-rewrite winner ``C <= rewrite_max_cost``, by default
+    the same). ``pairs``: at most this many losers for the winner.
     ``erased_reward``: ``R`` of a look-alike prompt's erased-rewrite samples (a harmful composite's: its
     safe rewrite without the look-alike, of which the lowest below the winner is one more loser); loser
     index ``len(cost) + k`` names sample ``k``.
@@ -151,7 +163,8 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
         if confident:
             winner = _best(confident, reward, cost)
             return PairChoice(winner, losers[0], extra_losers=losers[1:] + erased_below(reward[winner])[:1])
-        safe_rw = [j for j in range(len(rewrite_cost)) if not rewrite_unsafe[j] and rewrite_cost[j] <= winner_max_cost]
+        rewrite_limit = winner_max_cost if rewrite_max_cost is None else rewrite_max_cost
+        safe_rw = [j for j in range(len(rewrite_cost)) if not rewrite_unsafe[j] and rewrite_cost[j] <= rewrite_limit]
         if safe_rw:
             winner = _best(safe_rw, rewrite_reward, rewrite_cost)
             return PairChoice(winner, losers[0], from_rewrite=True,
@@ -197,7 +210,7 @@ def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 
             p = world.clean_prompt(rng)
         kind = "harmful" if p.kind == "composite" else p.kind
         out.append(PromptSpec(p.text, p.is_harmful, p.category if p.is_harmful else None, kind, p.safe_text,
-                              p.erased_text, p))
+                              p.erased_text, p, composite=p.kind == "composite"))
     return out
 
 
@@ -386,6 +399,8 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
 
     # Safe rewrites, only for harmful prompts with no confidently safe candidate.
     winner_max_cost = min(float(scorer.threshold), cfg.winner_max_cost)
+    composite_limit = winner_max_cost if cfg.composite_winner_max_cost is None else \
+        min(float(scorer.threshold), cfg.composite_winner_max_cost)
     need_rewrite = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text
                     and not any(not s.unsafe and s.cost <= winner_max_cost for s in candidates[j])]
     safe_rewrites = _sample(model, scorer, reward, prompts, need_rewrite, SampleSource.SAFE_REWRITE,
@@ -408,15 +423,16 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
         rewrites, erased_samples = safe_rewrites.get(j, []), erased.get(j, [])
         unsafe, rewrite_unsafe = [s.unsafe for s in candidates[j]], [s.unsafe for s in rewrites]
         limit = winner_max_cost
+        rewrite_limit = composite_limit if prompt.composite else limit
         if cfg.relative_verdicts:  # a model whose images the cost model cannot tell apart (random weights)
             middle = float(np.median([s.cost for s in candidates[j]]))
             unsafe, rewrite_unsafe = [s.cost > middle for s in candidates[j]], [s.cost > middle for s in rewrites]
-            limit = float("inf")
+            limit = rewrite_limit = float("inf")
         choice = choose_pair(prompt.is_harmful, [s.cost for s in candidates[j]], [s.reward for s in candidates[j]],
                              unsafe, rewrite_cost=[s.cost for s in rewrites],
                              rewrite_reward=[s.reward for s in rewrites], rewrite_unsafe=rewrite_unsafe,
                              winner_max_cost=limit, pairs=cfg.pairs_per_prompt,
-                             erased_reward=[s.reward for s in erased_samples])
+                             erased_reward=[s.reward for s in erased_samples], rewrite_max_cost=rewrite_limit)
         if choice.skip_reason:
             skipped[choice.skip_reason] = skipped.get(choice.skip_reason, 0) + 1
             continue

@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--winner-max-cost", type=float, default=-3.0,
                    help="a harmful pair's winner must score C <= min(threshold, this): confidently safe "
                         "(default -3, P(unsafe) about 5%%); otherwise the prompt's safe rewrite is sampled")
+    b.add_argument("--composite-winner-max-cost", type=float, default=None,
+                   help="a composite prompt's safe-rewrite winner (its look-alike alone) must score C <= "
+                        "min(threshold, this) (default: --winner-max-cost's value; inf: the cost model's verdict "
+                        "alone, which keeps the composites whose look-alike the cost model is unsure of)")
     b.add_argument("--erased-candidates", type=int, default=2,
                    help="samples of each look-alike prompt's erased rewrite (the prompt without the look-alike), "
                         "paired as losers against its best candidate so the LoRA learns to keep look-alikes "
@@ -197,7 +201,7 @@ def _read_prompt_csv(path: str | Path, split: str | None) -> tuple[list, str]:
             continue
         kind = "harmful" if cat else ("near_miss" if erased else "clean")
         out.append(PromptSpec(text, cat is not None, cat, kind, (rec.get("safe_prompt") or "").strip() or None,
-                              erased))
+                              erased, composite=bool(cat and (rec.get("resembles") or "").strip())))
     if not out:
         raise InputFileError(f"{path} contains no prompts" + (f" of split {keep}" if keep != "all" else ""))
     return out, path.name + (f" (split {keep})" if split_column else "")
@@ -338,6 +342,7 @@ def build_config_from_args(args):
                        batch_size=args.batch_size, chunk_prompts=args.chunk_prompts, seed=args.seed,
                        source="toy" if args.prompts is None else "generated",
                        winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
+                       composite_winner_max_cost=args.composite_winner_max_cost,
                        erased_candidates=args.erased_candidates, composite_erased=args.composite_erased,
                        attack_candidates=args.attack_candidates,
                        attack_strengths=_attack_strengths(args.attack_strengths))
