@@ -42,7 +42,8 @@ def test_report_schema(evaluated):
         assert set(m) == {"unsafe_rate", "oracle_unsafe_rate", "leak_rate", "unsafe_rate_by_category",
                           "oracle_unsafe_rate_by_category", "leak_rate_by_category", "unsafe_rate_by_shape",
                           "near_miss_fidelity_by_shape", "near_miss_fidelity_by_look_alike", "adversarial_by_family",
-                          "adversarial_by_strength", "composite", "clean_fidelity", "clean_object_accuracy",
+                          "adversarial_by_strength", "adversarial_details", "composite", "clean_fidelity",
+                          "clean_object_accuracy",
                           "near_miss_fidelity", "near_miss_flagged_unsafe", "clean_kid", "seconds_per_image",
                           "n_images", "description"}
         for key in ("unsafe_rate", "oracle_unsafe_rate", "leak_rate"):  # strict = oracle or leak, so it is the max
@@ -51,6 +52,7 @@ def test_report_schema(evaluated):
             assert m["unsafe_rate"][s] >= max(m["oracle_unsafe_rate"][s], m["leak_rate"][s])
             assert m["unsafe_rate"][s] <= m["oracle_unsafe_rate"][s] + m["leak_rate"][s]
         assert set(m["adversarial_by_family"]) == {"ring-a-bell", "ring-a-bell-unseen"}
+        assert m["adversarial_details"] == {}  # Ring-A-Bell searches nothing
         for cat in CATEGORIES:  # the adversarial cell is the worst family of the category
             assert m["unsafe_rate_by_category"][cat]["adversarial"] == max(
                 f[cat] for f in m["adversarial_by_family"].values())
@@ -172,3 +174,25 @@ def test_cleanup_runs_when_a_method_fails(toy_model):
     with pytest.raises(RuntimeError, match="boom"):
         evaluate_methods(toy_model, [m], EvalConfig(n=1, steps=1))
     assert log == ["prepare", "cleanup"]
+
+
+def test_the_report_says_what_the_optimised_attacks_found(toy_model, tmp_path):
+    from scdpo.evaluation.attacks import attack_budget
+    from scdpo.evaluation.report import render_html
+    from scdpo.evaluation.word_search import concept_words
+    from PIL import Image
+
+    cfg = EvalConfig(n=1, steps=2, attacks=("soft-prompt", "word-search"))
+    report, _ = evaluate_methods(toy_model, [GenerationMethod("base")], cfg)
+    details = report["methods"]["base"]["adversarial_details"]
+    assert set(details) == {"soft-prompt", "word-search"}
+    banned = concept_words()
+    for cat in CATEGORIES:
+        soft, words = details["soft-prompt"][cat], details["word-search"][cat]
+        assert soft["budget"] == pytest.approx(attack_budget(toy_model, cat, cfg.attack_budget))
+        assert 0 < soft["norm"] <= soft["budget"] * (1 + 1e-5)
+        assert len(words["words"]) == 2 and not set(words["words"]) & banned
+        assert 0.0 <= words["search_unsafe_rate"] <= 1.0
+    page = render_html(report, Image.new("RGB", (4, 4)), {}, [])
+    assert "What the optimised attacks found" in page
+    assert " ".join(details["word-search"]["gore"]["words"]) in page

@@ -10,7 +10,7 @@ what the model is given is their safe rewrite (which names no concept) plus the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 from ..pipeline import Conditioning
@@ -40,6 +40,9 @@ class AttackSuite:
     cond: Optional[Conditioning] = None
     texts: Optional[list[str]] = None
     strength: Optional[float] = None  # Ring-A-Bell's η
+    # what an optimised attack found, for the report: the soft prompt's offset norm against its budget,
+    # the word search's appended words and the unsafe share of its own search images
+    details: dict = field(default_factory=dict)
 
 
 def attack_suites(model, method, category: str, cfg, is_unsafe: Callable[[object, Sequence[ToyPrompt]], list]
@@ -62,15 +65,17 @@ def attack_suites(model, method, category: str, cfg, is_unsafe: Callable[[object
                                                       split=cfg.split, direction_split=cfg.split)
             yield AttackSuite(family, prompts, cond)
         elif family == "soft-prompt":
-            prompts, cond = soft_prompt_suite(model, category, cfg.n, seed=cfg.seed, split=cfg.split,
-                                              strength=cfg.attack_budget)
-            yield AttackSuite(family, prompts, cond)
+            prompts, cond, delta = soft_prompt_suite(model, category, cfg.n, seed=cfg.seed, split=cfg.split,
+                                                     strength=cfg.attack_budget, return_delta=True)
+            budget = attacks.attack_budget(model, category, cfg.attack_budget)
+            yield AttackSuite(family, prompts, cond, details={"norm": float(delta.norm()), "budget": budget})
         elif family == "word-search":
             def generate(texts, seeds, steps=WordSearchConfig().steps):  # the search's images, by the method
                 return method.generate(model, list(texts), seeds=list(seeds), steps=steps)
 
             result = word_search_attack(model, category, cfg.n, seed=cfg.seed, split=cfg.split,
                                         is_unsafe=is_unsafe, generate=generate)
-            yield AttackSuite(family, result.prompts, texts=result.texts)
+            yield AttackSuite(family, result.prompts, texts=result.texts,
+                              details={"words": list(result.suffix), "search_unsafe_rate": result.search_unsafe_rate})
         else:
             raise ValueError(f"unknown attack family {family!r}; choose from {', '.join(FAMILIES)}")

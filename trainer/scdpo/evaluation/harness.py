@@ -124,6 +124,7 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
     # attacks: each family white-box against this method (its LoRA is attached while they search)
     by_family: dict[str, dict[str, float]] = {}
     by_strength: dict[str, list[bool]] = {}
+    details: dict[str, dict[str, dict]] = {}
     for cat in CATEGORIES:
         worst: Optional[Judged] = None
         for attack in adversarial.attack_suites(model, method, cat, cfg, strict_unsafe_flags):
@@ -136,6 +137,8 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
                                                               rate(judged.strict))
             if worst is None or rate(judged.strict) > rate(worst.strict):
                 worst = judged
+            if attack.details:
+                details.setdefault(attack.family, {})[cat] = attack.details
             if attack.family == "soft-prompt":
                 samples[f"attack/{cat}"] = images[: cfg.grid_prompts]
         cells[cat]["adversarial"] = worst if worst is not None else Judged([], [], [])
@@ -193,6 +196,7 @@ def evaluate_method(method: GenerationMethod, model: TextToImageModel, cfg: Eval
         "near_miss_fidelity_by_look_alike": near_miss_fidelity_by(look_alike),
         "adversarial_by_family": {f: {**v, "all": float(np.mean(list(v.values())))} for f, v in by_family.items()},
         "adversarial_by_strength": {k: rate(v) for k, v in by_strength.items()},
+        "adversarial_details": details,
         "composite": {**_rates(comp), "look_alike_kept": mean_fidelity(comp_verdicts, composite)},
         "clean_fidelity": mean_fidelity(clean_verdicts, clean),
         "clean_object_accuracy": rate([all(t in v.things for t in [(x.colour, x.shape) for x in p.clean_things])

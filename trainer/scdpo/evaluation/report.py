@@ -18,6 +18,9 @@
           "near_miss_fidelity_by_look_alike": {"<look-alike>": f},   # e.g. "a snowman"
           "adversarial_by_family": {"<family>": {"<category>": f, "all": f}},   # strict, per attack family
           "adversarial_by_strength": {"<strength>": f},                        # Ring-A-Bell strengths
+          "adversarial_details": {                                              # what the searches found
+              "soft-prompt": {"<category>": {"norm": f, "budget": f}},
+              "word-search": {"<category>": {"words": [str], "search_unsafe_rate": f}}},
           "composite": {"strict": f, "oracle": f, "leak": f, "look_alike_kept": f},
           "clean_fidelity": f,            # mean oracle fidelity on the split's clean prompts
           "clean_object_accuracy": f,     # fraction with every object's colour+shape right
@@ -217,6 +220,31 @@ def _attack_table(methods: Mapping[str, dict]) -> str:
                    m.get("composite", {}).get("strict"), m.get("composite", {}).get("look_alike_kept")])
 
 
+def _attack_details_table(methods: Mapping[str, dict]) -> str:
+    """Per method and category: the word search's appended words (and the unsafe share of its own search
+    images) and the soft prompt's offset norm as a share of its budget."""
+    cats = list(dict.fromkeys(c for m in methods.values() for fam in m.get("adversarial_details", {}).values()
+                              for c in fam))
+    if not cats:
+        return ""
+
+    def cell(m: dict, cat: str) -> str:
+        details = m.get("adversarial_details", {})
+        parts = []
+        words = details.get("word-search", {}).get(cat)
+        if words:
+            parts.append(f"words: {' '.join(words['words'])} ({_fmt(words['search_unsafe_rate'])} of its search images)")
+        soft = details.get("soft-prompt", {}).get(cat)
+        if soft:
+            parts.append(f"soft prompt: ‖δ‖ {soft['norm'] / soft['budget']:.0%} of the budget")
+        return html.escape("; ".join(parts))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cats)
+    rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{cell(m, c)}</td>" for c in cats) + "</tr>"
+                   for name, m in methods.items())
+    return f"<h2>What the optimised attacks found</h2><table><tr><th>method</th>{head}</tr>{rows}</table>"
+
+
 def _look_alike_table(methods: Mapping[str, dict]) -> str:
     looks = sorted({k for m in methods.values() for k in m.get("near_miss_fidelity_by_look_alike", {})})
     if not looks:
@@ -266,6 +294,7 @@ rendered. Lower KID = closer to ground-truth renders.</p>
 <th>unsafe reduction (dir+syn+mis)</th><th>time / image</th></tr>
 {''.join(lines)}</table>
 {_attack_table(methods)}
+{_attack_details_table(methods)}
 {_look_alike_table(methods)}
 {_category_table(methods)}
 <h2>Safety–quality trade-off</h2><img src="data:image/png;base64,{b64}">
