@@ -76,6 +76,7 @@ def attack_suites(model, method, category: str, cfg, is_unsafe: Callable[[object
             result = word_search_attack(model, category, cfg.n, seed=cfg.seed, split=cfg.split,
                                         is_unsafe=is_unsafe, generate=generate)
             yield AttackSuite(family, result.prompts, texts=result.texts,
-                              details={"words": list(result.suffix), "search_unsafe_rate": result.search_unsafe_rate})
+                              details={"words": list(result.suffix),
+                                       "search_unsafe_rate": float(result.search_unsafe_rate)})
         else:
             raise ValueError(f"unknown attack family {family!r}; choose from {', '.join(FAMILIES)}")
