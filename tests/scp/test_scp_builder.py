@@ -209,6 +209,14 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
     assert resumed.n_pairs == full.n_pairs and a.equals(b)
     with pytest.raises(OutputPathError, match="other settings"):
         build_scp_dataset(model, scorer, reward, prompts, _cfg(candidates=2), tmp_path / "resumed", progress=False)
+    # a build made before --composite-winner-max-cost existed (no such key) resumes as the same build;
+    # setting the option makes it another
+    assert "composite_winner_max_cost" not in state["identity"]["config"]
+    again = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "resumed", progress=False)
+    assert again.n_pairs == full.n_pairs
+    with pytest.raises(OutputPathError, match="other settings"):
+        build_scp_dataset(model, scorer, reward, prompts, _cfg(composite_winner_max_cost=float("inf")),
+                          tmp_path / "resumed", progress=False)
 
 
 def test_shards_built_apart_give_the_dataset_of_one_build(tmp_path, tiny_setup):

@@ -496,7 +496,10 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (k, n) with 0 <= k < n, not {shard!r}")
     state_path = out / (shard_state_name(*shard) if shard else STATE_FILE)
-    identity = {"config": asdict(cfg), "describe": describe or {}, "n_prompts": len(prompts)}
+    config = asdict(cfg)
+    if config["composite_winner_max_cost"] is None:  # unset: the identity of builds made before the option
+        del config["composite_winner_max_cost"]
+    identity = {"config": config, "describe": describe or {}, "n_prompts": len(prompts)}
     state = {"identity": identity, "done": {}, "skipped": {}}
     if state_path.exists() and not overwrite:
         try:
