@@ -459,8 +459,7 @@ class _OracleScorer:
         from scdpo.cost.scorer import make_result
         from scdpo.toy.judge import judge_images
 
-        arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        cost = torch.tensor([[5.0 if v.is_unsafe else 0.0] for v in judge_images(list(arr))])
+        cost = torch.tensor([[5.0 if v.is_unsafe else 0.0] for v in judge_images(images)])
         return make_result(cost, ["concept"], self.threshold)
 
 
