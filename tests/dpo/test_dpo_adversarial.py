@@ -212,3 +212,68 @@ def test_universal_adversarial_training_resumes_bit_for_bit(tmp_path, toy_model,
     assert {"attack.delta", "attack.m", "attack.v", "attack.count"} <= set(tensors)
     resumed = load_lora(train_lora(split, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
     assert all(torch.equal(resumed.tensors[k], v) for k, v in whole.tensors.items())
+
+
+def test_a_refresh_is_a_fresh_attack_on_data_drawn_anew_from_every_category(toy_model, pairs):
+    from scdpo.dpo.adversarial import UniversalAttack
+    from scdpo.dpo.step import REFRESH_TIMESTEPS, refresh_draws
+
+    model, params, inputs, batch, noisy, t, target = _harmful_setup(toy_model, pairs, n=12)
+    dirs = inputs.concept_directions()["hidden"]
+    draws = list(refresh_draws(model, inputs, torch.Generator().manual_seed(3), steps=6, per_category=4,
+                               device="cpu"))
+    present = sorted(set(batch.category_rows.tolist()))
+    assert len(draws) == 6
+    total = model.noise_scheduler.config.num_train_timesteps
+    rewrites = {row.numpy().tobytes() for row in inputs.cond.index(batch.safe_rows).hidden}
+    prompts = {row.numpy().tobytes() for row in inputs.cond.index(batch.prompt_rows).hidden}
+    for cond, x_t, steps, tgt, cats in draws:
+        assert sorted(set(cats.tolist())) == present and len(cats) == 4 * len(present)
+        assert x_t.shape[0] == steps.shape[0] == tgt.shape[0] == cond.hidden.shape[0] == len(cats)
+        assert int(steps.min()) >= REFRESH_TIMESTEPS[0] * total
+        drawn = {row.numpy().tobytes() for row in cond.hidden}  # the rewrites, not the prompts
+        assert drawn <= rewrites and not drawn & prompts
+    assert not torch.equal(draws[0][1], draws[1][1])  # fresh noise every step
+    again = list(refresh_draws(model, inputs, torch.Generator().manual_seed(3), steps=6, per_category=4,
+                               device="cpu"))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(draws, again))  # from the generator alone
+
+    policy = unet_call(model.unet)
+    cond, cats = inputs.cond.index(batch.safe_rows), batch.category_rows
+
+    def error(rows):
+        with torch.no_grad():
+            return float(denoising_error(policy(noisy, t, Conditioning(cond.hidden + rows)), target).mean())
+
+    attacker = UniversalAttack(dirs, budget=2.0, steps=1, lr=0.1)
+    for _ in range(3):  # a shift that has walked elsewhere
+        attacker.attack(policy, cond, noisy, t, target, cats)
+    walked = attacker.delta.clone()
+    attacker.refresh(policy, iter(draws))
+    assert all(float(attacker.count[k]) == 6 for k in present)  # started over: six steps, fresh moments
+    assert torch.all(attacker.delta.flatten(1).norm(dim=1) <= attacker.radius * (1 + 1e-5))
+    same = UniversalAttack(dirs, budget=2.0, steps=1, lr=0.1)
+    same.refresh(policy, iter(draws))
+    assert torch.equal(same.delta, attacker.delta) and not torch.equal(walked, attacker.delta)
+    # the fresh attack finds the held-out batch's losers better than Ring-A-Bell's point it started at
+    assert error(attacker.delta[cats]) < 0.97 * error(2.0 * dirs[cats])
+    assert all(p.grad is None for p in params)
+
+
+def test_refreshed_adversarial_training_changes_the_lora_and_resumes_bit_for_bit(tmp_path, toy_model, pairs):
+    for bad in (dict(adversarial_refresh=2), dict(adversarial_share=0.5, adversarial_refresh=2),
+                dict(adversarial_share=0.5, adversarial_mode="universal", adversarial_refresh=-1),
+                dict(adversarial_share=0.5, adversarial_mode="universal", adversarial_refresh=2,
+                     adversarial_refresh_steps=0)):
+        with pytest.raises(ScdpoError, match="adversarial_refresh"):
+            TrainConfig(**bad).validate()
+    base = {**TINY, "adversarial_share": 1.0, "adversarial_steps": 1, "adversarial_mode": "universal"}
+    kept = load_lora(train_lora(TrainConfig(out=str(tmp_path), name="kept", **base), model=copy.deepcopy(toy_model),
+                                dataset=pairs, progress=False))
+    cfg = TrainConfig(out=str(tmp_path), name="fresh", **base, adversarial_refresh=2, adversarial_refresh_steps=3)
+    whole = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    assert any(not torch.equal(kept.tensors[k], v) for k, v in whole.tensors.items())
+    split = dataclasses.replace(cfg, name="split")
+    train_lora(split, model=copy.deepcopy(toy_model), dataset=pairs, progress=False, stop_after=2)  # a refresh next
+    resumed = load_lora(train_lora(split, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    assert all(torch.equal(resumed.tensors[k], v) for k, v in whole.tensors.items())

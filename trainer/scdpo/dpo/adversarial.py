@@ -21,7 +21,7 @@ with respect to ``δ`` only (``torch.autograd.grad``): no gradient reaches the L
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -125,31 +125,47 @@ class UniversalAttack:
                cond: Conditioning, noisy_losers: torch.Tensor, timesteps: torch.Tensor, targets: torch.Tensor,
                categories: torch.Tensor) -> torch.Tensor:
         """Refine the shifts of ``categories`` ``[N]`` on these rows; returns each row's shift ``[N, L, D]``."""
-        device = cond.hidden.device
-        cats = categories.cpu()
-        per_category = (-1,) + (1,) * (self.delta.ndim - 1)  # a [K] vector as [K, 1, 1]
-        present = torch.bincount(cats, minlength=self.delta.shape[0]) > 0
-        keep = present.view(per_category)
-        step_size = self.step_size.view(per_category)
-        b1, b2 = self.BETAS
         for _ in range(self.steps):
             if self.restart > 0:
+                present = torch.bincount(categories.cpu(), minlength=self.delta.shape[0]) > 0
                 self._restart((self.count >= self.restart) & present)
-            delta = self.delta.to(device).requires_grad_(True)
-            rows = delta[categories.to(device)]
-            attacked = Conditioning((cond.hidden.float() + rows).to(cond.hidden.dtype), cond.added)
-            error = denoising_error(policy(noisy_losers, timesteps, attacked), targets).sum()
-            (grad,) = torch.autograd.grad(error, delta)
-            grad = grad.detach().float().cpu()
-            with torch.no_grad():
-                self.count += present.float()
-                self.m = torch.where(keep, b1 * self.m + (1 - b1) * grad, self.m)
-                self.v = torch.where(keep, b2 * self.v + (1 - b2) * grad * grad, self.v)
-                c = self.count.clamp(min=1).view(per_category)
-                m_hat, v_hat = self.m / (1 - b1 ** c), self.v / (1 - b2 ** c)
-                move = step_size * m_hat / (v_hat.sqrt() + 1e-8)
-                self.delta = project_l2(torch.where(keep, self.delta - move, self.delta), self.radius)
-        return self.delta[cats].to(device)
+            self._adam_step(policy, cond, noisy_losers, timesteps, targets, categories)
+        return self.delta[categories.cpu()].to(cond.hidden.device)
+
+    def refresh(self, policy: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor],
+                draws: Iterable[tuple[Conditioning, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """A fresh attack in place of every shift (``--adversarial-refresh``): each category starts again at
+        Ring-A-Bell's point with fresh moments and takes one Adam step per element of ``draws``, each a
+        batch ``(cond, noisy_losers, timesteps, targets, categories)`` of harmful pairs drawn anew from
+        the training data, as the evaluation's soft-prompt attack walks against a finished LoRA. The
+        shifts the training steps then refine start from where that attack ended."""
+        self._restart(torch.ones(self.delta.shape[0], dtype=torch.bool))
+        for cond, noisy_losers, timesteps, targets, categories in draws:
+            self._adam_step(policy, cond, noisy_losers, timesteps, targets, categories)
+
+    def _adam_step(self, policy: Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor],
+                   cond: Conditioning, noisy_losers: torch.Tensor, timesteps: torch.Tensor, targets: torch.Tensor,
+                   categories: torch.Tensor) -> None:
+        """One Adam step of the shifts of the categories present in ``categories``, then the projection."""
+        device = cond.hidden.device
+        per_category = (-1,) + (1,) * (self.delta.ndim - 1)  # a [K] vector as [K, 1, 1]
+        present = torch.bincount(categories.cpu(), minlength=self.delta.shape[0]) > 0
+        keep = present.view(per_category)
+        b1, b2 = self.BETAS
+        delta = self.delta.to(device).requires_grad_(True)
+        rows = delta[categories.to(device)]
+        attacked = Conditioning((cond.hidden.float() + rows).to(cond.hidden.dtype), cond.added)
+        error = denoising_error(policy(noisy_losers, timesteps, attacked), targets).sum()
+        (grad,) = torch.autograd.grad(error, delta)
+        grad = grad.detach().float().cpu()
+        with torch.no_grad():
+            self.count += present.float()
+            self.m = torch.where(keep, b1 * self.m + (1 - b1) * grad, self.m)
+            self.v = torch.where(keep, b2 * self.v + (1 - b2) * grad * grad, self.v)
+            c = self.count.clamp(min=1).view(per_category)
+            m_hat, v_hat = self.m / (1 - b1 ** c), self.v / (1 - b2 ** c)
+            move = self.step_size.view(per_category) * m_hat / (v_hat.sqrt() + 1e-8)
+            self.delta = project_l2(torch.where(keep, self.delta - move, self.delta), self.radius)
 
     def _restart(self, which: torch.Tensor) -> None:
         """Categories ``which`` ``[K]`` (bool) back to Ring-A-Bell's point, with fresh Adam moments."""

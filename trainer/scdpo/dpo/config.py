@@ -84,6 +84,8 @@ class TrainConfig:
     adversarial_mode: str = "pair"  # pair (a shift per pair, from scratch) | universal (one shift per category, kept)
     adversarial_lr: float = 0.1  # universal mode: Adam step, as a share of a budget-sized shift's RMS entry
     adversarial_restart: int = 0  # universal mode: Adam steps after which a shift restarts at Ring-A-Bell's point (0: never)
+    adversarial_refresh: int = 0  # universal mode: every this many training steps a fresh attack replaces the shifts (0: never)
+    adversarial_refresh_steps: int = 20  # that fresh attack's Adam steps
     adversarial_objective: str = "preference"  # preference (the pair trains under the attack) | erasure (erase_weight's term under it)
     shift_augment: float = 0.0  # share of harmful pairs trained with winner and loser moved sideways together
     shift_fraction: float = 0.25  # largest such move, as a share of the image width
@@ -178,6 +180,11 @@ class TrainConfig:
         if self.adversarial_mode not in ADVERSARIAL_MODES or not self.adversarial_lr > 0:
             raise bad(f"adversarial_mode must be one of {', '.join(ADVERSARIAL_MODES)} and adversarial_lr > 0 (got "
                       f"{self.adversarial_mode!r}, {self.adversarial_lr})")
+        if self.adversarial_refresh < 0 or self.adversarial_refresh_steps < 1 or (
+                self.adversarial_refresh > 0 and (self.adversarial_mode != "universal" or self.adversarial_share <= 0)):
+            raise bad(f"adversarial_refresh must be >= 0 and adversarial_refresh_steps >= 1, and a refresh needs "
+                      f"adversarial_mode universal with adversarial_share > 0 (got {self.adversarial_refresh}, "
+                      f"{self.adversarial_refresh_steps}, {self.adversarial_mode!r}, {self.adversarial_share})")
         if self.adversarial_restart < 0 or (self.adversarial_restart > 0 and self.adversarial_mode != "universal"):
             raise bad(f"adversarial_restart must be >= 0 and needs adversarial_mode universal (got "
                       f"{self.adversarial_restart}, {self.adversarial_mode!r})")
@@ -322,6 +329,12 @@ _HELP = {
     "adversarial_restart": "universal mode: after this many of its Adam steps a category's shift starts again from "
                            "Ring-A-Bell's point (the concept direction at the budget) with fresh moments, so the LoRA "
                            "is trained along the path a fresh attack on it takes (0 = never; see docs/method.md)",
+    "adversarial_refresh": "universal mode: every this many training steps each category's shift is replaced by a "
+                           "fresh attack on the current LoRA (from Ring-A-Bell's point, adversarial_refresh_steps "
+                           "Adam steps on harmful pairs drawn anew from the data, as the evaluation's soft-prompt "
+                           "attack runs); the training steps between refine it as before (0 = never; see "
+                           "docs/method.md)",
+    "adversarial_refresh_steps": "Adam steps of each fresh attack of adversarial_refresh",
     "shift_augment": "share of harmful pairs trained with winner and loser moved sideways together, so the "
                      "concept goes wherever a prompt puts it, not only where the training captions do (0 = off; "
                      "see docs/method.md)",

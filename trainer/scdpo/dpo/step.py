@@ -20,7 +20,7 @@ from .pairs import PairBatch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adversarial import UniversalAttack
-    from .inputs import EncodedPairBatch
+    from .inputs import EncodedPairBatch, EncodedPairs
 
 TRAIN_ADAPTER = "scdpo_train"
 
@@ -161,6 +161,40 @@ def _attack_shifts(model: TextToImageModel, policy: UNetCall, batch: "EncodedPai
         start = eta[idx].to(device).view(-1, 1, 1) * directions
         delta = attack_conditioning(policy, rewrite, noisy, timesteps[idx_d], target, start, radius, steps)
     return idx_d, rewrite, delta
+
+
+# t of a fresh attack's draws, as fractions of the training timesteps: those of the evaluation's
+# soft-prompt attack (``SoftPromptConfig.timesteps``), where the concept is decided
+REFRESH_TIMESTEPS = (0.3, 1.0)
+
+
+def refresh_draws(model: TextToImageModel, inputs: "EncodedPairs", generator: torch.Generator, steps: int,
+                  per_category: int, device) -> Iterator[tuple[Conditioning, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                              torch.Tensor]]:
+    """``steps`` batches for :meth:`.adversarial.UniversalAttack.refresh`: each holds ``per_category``
+    harmful pairs of every category (drawn with replacement from those carrying a safe rewrite) as
+    ``(safe rewrites' conditioning, noisy losers, t, targets, categories)``, with ``t`` in
+    :data:`REFRESH_TIMESTEPS` and fresh noise. All draws come from ``generator``."""
+    pools = [((inputs.pair_category == k) & (inputs.pair_safe_prompt >= 0)).nonzero().squeeze(1)
+             for k in range(len(inputs.categories))]
+    pools = [(k, pool) for k, pool in enumerate(pools) if pool.numel()]
+    if not pools:
+        return
+    scheduler = model.noise_scheduler
+    total = scheduler.config.num_train_timesteps
+    lo = int(REFRESH_TIMESTEPS[0] * total)
+    hi = max(lo + 1, int(REFRESH_TIMESTEPS[1] * total))
+    for _ in range(steps):
+        pos = torch.cat([pool[torch.randint(len(pool), (per_category,), generator=generator)] for _, pool in pools])
+        cats = torch.cat([torch.full((per_category,), k, dtype=torch.long) for k, _ in pools])
+        losers = inputs.latents[pos][:, 1].to(device)
+        noise = torch.randn(losers.shape, generator=generator).to(device, losers.dtype)
+        t = torch.randint(lo, hi, (len(pos),), generator=generator).to(device)
+        cond = model.conditioning_for_size(inputs.cond.index(inputs.pair_safe_prompt[pos]), inputs.height,
+                                           inputs.width).to(device)
+        target = (scheduler.get_velocity(losers, noise, t) if scheduler.config.prediction_type == "v_prediction"
+                  else noise)
+        yield cond, scheduler.add_noise(losers, noise, t), t, target, cats
 
 
 def _shifted(rewrite: Conditioning, delta: torch.Tensor) -> Conditioning:

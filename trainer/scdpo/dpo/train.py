@@ -342,6 +342,8 @@ class _TrainingRun:
             batch = make_batch(order.batch(micro_step, self.rank, self.world, cfg.batch_size))
             if self.attacker is None and cfg.adversarial_share > 0 and cfg.adversarial_mode == "universal":
                 self.attacker = self._make_attacker(batch)
+            if micro == 0 and cfg.adversarial_refresh > 0 and step % cfg.adversarial_refresh == 0:
+                self._refresh_attacker(step, batch.inputs)
             sync = micro == cfg.grad_accum - 1  # processes exchange gradients once, on the last micro-batch
             with (contextlib.nullcontext() if sync else accelerator.no_sync(self.policy)), accelerator.autocast():
                 loss, diag = dpo_batch_loss(
@@ -368,6 +370,18 @@ class _TrainingRun:
         self.optimizer.zero_grad(set_to_none=True)
         means = accelerator.reduce((sums / cfg.grad_accum).to(accelerator.device), reduction="mean").cpu()
         return dict(zip(_LOG_KEYS, means.tolist())), grad_norm
+
+    def _refresh_attacker(self, step: int, inputs) -> None:
+        """``--adversarial-refresh``: a fresh attack on the LoRA as it is at ``step`` replaces the shifts.
+        Its draws come from a generator of (seed, step, rank) alone, so a resumed run repeats it."""
+        from .step import refresh_draws
+
+        cfg, accelerator = self.cfg, self.accelerator
+        generator = _micro_generator(cfg.seed + 0x5EED, step, self.rank)
+        draws = refresh_draws(self.model, inputs, generator, cfg.adversarial_refresh_steps, cfg.batch_size,
+                              accelerator.device)
+        with accelerator.no_sync(self.policy), accelerator.autocast():
+            self.attacker.refresh(self.policy_call, draws)
 
     def _make_attacker(self, batch):
         from .adversarial import UniversalAttack
