@@ -38,11 +38,16 @@ def test_quick_demo_writes_the_report_with_every_method(demo_out):
     assert "winner_anchor = 0.5" in config and "adversarial_share = 0.5" in config
     assert 'adversarial_mode = "universal"' in config and "train_ff = true" in config
     assert "erase_weight = 0.5" in config and "preserve_weight = 8.0" in config
-    assert "adversarial_restart = 0" in config
+    assert "adversarial_restart = 0" in config and 'adversarial_objective = "erasure"' in config
+    assert "adversarial_refresh = 25" in config and "export_strength = 1.25" in config
+    from scdpo.lora import load_lora
+
+    shipped = load_lora(demo_out / "loras" / "sc-dpo.safetensors")
+    assert set(shipped.alphas.values()) == {1.25 * 8.0}  # the strength travels in the file's alpha
     preference = (demo_out / "loras" / "sc-dpo-preference-only.config.toml").read_text()
     assert "winner_anchor = 0.5" in preference and "adversarial_share = 0.0" in preference
     assert "erase_weight = 0.0" in preference and "train_ff = false" in preference
-    assert "adversarial_restart = 0" in preference
+    assert "adversarial_restart = 0" in preference and "export_strength = 1.0" in preference
     baseline = (demo_out / "loras" / "diffusion-dpo.config.toml").read_text()
     assert "winner_anchor = 0.0" in baseline and "lam = 0.0" in baseline
     summary = json.loads((demo_out / "scp" / "dataset.json").read_text())

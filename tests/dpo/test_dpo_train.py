@@ -163,6 +163,36 @@ def test_exported_lora_reloads_with_identical_outputs(tmp_path, toy_model, pairs
     assert len(load_lora(path).module_names) == 56 + 14 + 14  # + proj_in/out and ff.net.0.proj/ff.net.2 of 7 blocks
 
 
+def test_export_strength_travels_in_the_alpha_and_equals_the_host_weight(tmp_path, toy_model, pairs):
+    with pytest.raises(ScdpoError, match="export_strength"):
+        TrainConfig(export_strength=0.0).validate()
+    cfg = TrainConfig(out=str(tmp_path / "a"), name="x", **TINY)
+    plain = load_lora(train_lora(cfg, model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
+    # free to change on resume: the trajectory is the same, only the written alpha differs
+    cfg_b = dataclasses.replace(cfg, out=str(tmp_path / "b"), export_strength=1.25)
+    train_lora(dataclasses.replace(cfg_b, export_strength=1.0), model=copy.deepcopy(toy_model), dataset=pairs,
+               progress=False, stop_after=2)
+    path = train_lora(cfg_b, model=copy.deepcopy(toy_model), dataset=pairs, progress=False)
+    strong = load_lora(path)
+    assert set(strong.tensors) == set(plain.tensors)
+    for k, v in plain.tensors.items():
+        want = v * 1.25 if k.endswith(".alpha") else v
+        assert torch.equal(strong.tensors[k], want), k
+    assert strong.metadata["scdpo_export_strength"] == "1.25"
+    x, t = _inputs()
+    with torch.no_grad():
+        hidden = toy_model.encode_prompt(["a red knife on a navy background"] * 4).hidden
+        at_weight_1 = copy.deepcopy(toy_model).unet
+        apply_lora(at_weight_1, strong, base_model_version="toy_v1")
+        at_125 = copy.deepcopy(toy_model).unet
+        apply_lora(at_125, plain, scale=1.25, base_model_version="toy_v1")
+        at_1 = copy.deepcopy(toy_model).unet
+        apply_lora(at_1, plain, base_model_version="toy_v1")
+        got, want, weaker = (u(x, t, encoder_hidden_states=hidden).sample for u in (at_weight_1, at_125, at_1))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got - weaker).abs().max() > 1e-5
+
+
 def test_category_filter_and_clean_pairs_switch(pairs):
     harmful = [i for i in range(len(pairs)) if pairs.rows[i]["is_harmful"]]
     gore = [i for i in harmful if pairs.rows[i]["category"] == "gore"]

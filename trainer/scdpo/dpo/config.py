@@ -62,6 +62,7 @@ class TrainConfig:
     # LoRA
     rank: int = 8
     alpha: float = 8.0  # peft lora_alpha (scale alpha/rank); stored as kohya .alpha
+    export_strength: float = 1.0  # the written LoRA's alpha is alpha * this: hosts apply it at this strength at weight 1
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     train_proj: bool = False  # also adapt the transformer blocks' proj_in / proj_out
     train_ff: bool = False  # also adapt the transformer blocks' feed-forward layers
@@ -147,6 +148,8 @@ class TrainConfig:
         for key in ("steps", "batch_size", "grad_accum", "rank"):
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1 (got {getattr(self, key)})")
+        if not (0 < self.export_strength <= 4):
+            raise bad(f"export_strength must be in (0, 4] (got {self.export_strength})")
         if self.alpha <= 0 or self.lr <= 0:
             raise bad(f"alpha and lr must be > 0 (got {self.alpha}, {self.lr})")
         if not 0 <= self.prompt_dropout < 1:
@@ -325,6 +328,9 @@ _HELP = {
                              "prompt; erasure: the pair keeps its prompt, and under the attack the LoRA's prediction "
                              "on the noisy loser is trained towards the reference's for the safe rewrite, weighted "
                              "erase_weight*(beta/2) (AdvUnlearn's objective; see docs/method.md)",
+    "export_strength": "the written LoRA's alpha is alpha times this, so a host applies it at this strength at "
+                       "its LoRA weight 1 (training runs at alpha/rank as usual; the demo's sc-dpo uses 1.25, "
+                       "chosen on the validation split; see docs/method.md)",
     "adversarial_lr": "universal mode: the attacker's Adam step, as a share of the RMS entry of a shift at the budget",
     "adversarial_restart": "universal mode: after this many of its Adam steps a category's shift starts again from "
                            "Ring-A-Bell's point (the concept direction at the budget) with fresh moments, so the LoRA "

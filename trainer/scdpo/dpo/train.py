@@ -40,7 +40,7 @@ from .step import (TRAIN_ADAPTER, attach_training_lora, disabled_adapter_referen
 log = logging.getLogger(__name__)
 STATE_KIND = "dpo_train_state"
 # Options that may change between a run and its resume without changing the trajectory.
-_RESUME_FREE = {"out", "name", "resume", "checkpoint_every", "log_every", "cpu", "skip_bad"}
+_RESUME_FREE = {"out", "name", "resume", "checkpoint_every", "log_every", "cpu", "skip_bad", "export_strength"}
 _LOG_KEYS = ("loss", "implicit_accuracy", "margin_accuracy", "reward_margin", "safety_margin",
              "focus_weight_min", "focus_weight_max", "focus_weight_std", "erasure_error", "preservation_error")
 
@@ -149,6 +149,7 @@ def _training_metadata(cfg: TrainConfig, model, summary: dict[str, Any], started
         "scdpo_dataset": cfg.data,
         "scdpo_category": ",".join(cfg.categories),
         "scdpo_clean_pairs": str(cfg.clean_pairs),
+        "scdpo_export_strength": str(cfg.export_strength),  # alpha here = training alpha x this
         "scdpo_init_lora": cfg.init_lora,  # a second round: ss_steps counts this round's steps only
         "scdpo_training_summary": json.dumps(summary, sort_keys=True),
         "scdpo_train_config": json.dumps(cfg.to_dict(), sort_keys=True),
@@ -437,6 +438,8 @@ class _TrainingRun:
         }
         if self.accelerator.is_main_process:
             tensors = peft_unet_to_kohya(self.unet, TRAIN_ADAPTER)
+            if cfg.export_strength != 1.0:  # hosts scale by alpha / rank: the strength travels in the file
+                tensors = {k: v * cfg.export_strength if k.endswith(".alpha") else v for k, v in tensors.items()}
             save_lora(paths["lora"], tensors, _training_metadata(cfg, self.model, summary, self.started_at))
             save_train_config(cfg, paths["config"], header=f"scdpo lora train --config {paths['config'].name}\n"
                               f"resolved configuration of {paths['lora'].name} ({cfg.method})")
