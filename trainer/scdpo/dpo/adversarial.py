@@ -125,9 +125,9 @@ class UniversalAttack:
                cond: Conditioning, noisy_losers: torch.Tensor, timesteps: torch.Tensor, targets: torch.Tensor,
                categories: torch.Tensor) -> torch.Tensor:
         """Refine the shifts of ``categories`` ``[N]`` on these rows; returns each row's shift ``[N, L, D]``."""
+        present = torch.bincount(categories.cpu(), minlength=self.delta.shape[0]) > 0
         for _ in range(self.steps):
             if self.restart > 0:
-                present = torch.bincount(categories.cpu(), minlength=self.delta.shape[0]) > 0
                 self._restart((self.count >= self.restart) & present)
             self._adam_step(policy, cond, noisy_losers, timesteps, targets, categories)
         return self.delta[categories.cpu()].to(cond.hidden.device)

@@ -151,8 +151,7 @@ def _attack_shifts(model: TextToImageModel, policy: UNetCall, batch: "EncodedPai
     scheduler = model.noise_scheduler
     idx_d = idx.to(device)
     noisy = scheduler.add_noise(losers[idx_d], noise[idx_d], timesteps[idx_d])
-    target = (scheduler.get_velocity(losers[idx_d], noise[idx_d], timesteps[idx_d])
-              if scheduler.config.prediction_type == "v_prediction" else noise[idx_d])
+    target = model.training_target(losers[idx_d], noise[idx_d], timesteps[idx_d])
     if universal is not None:
         delta = universal.attack(policy, rewrite, noisy, timesteps[idx_d], target, batch.category_rows[idx])
     else:
@@ -192,9 +191,7 @@ def refresh_draws(model: TextToImageModel, inputs: "EncodedPairs", generator: to
         t = torch.randint(lo, hi, (len(pos),), generator=generator).to(device)
         cond = model.conditioning_for_size(inputs.cond.index(inputs.pair_safe_prompt[pos]), inputs.height,
                                            inputs.width).to(device)
-        target = (scheduler.get_velocity(losers, noise, t) if scheduler.config.prediction_type == "v_prediction"
-                  else noise)
-        yield cond, scheduler.add_noise(losers, noise, t), t, target, cats
+        yield cond, scheduler.add_noise(losers, noise, t), t, model.training_target(losers, noise, t), cats
 
 
 def _shifted(rewrite: Conditioning, delta: torch.Tensor) -> Conditioning:
@@ -290,10 +287,7 @@ def dpo_batch_loss(
             cond = _replace_rows(cond, idx, _shifted(rewrite, delta))
     noise2, timesteps2, cond2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps]), cond.cat(cond)
     noisy = scheduler.add_noise(latents, noise2, timesteps2)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise2, timesteps2)
-    else:
-        target = noise2
+    target = model.training_target(latents, noise2, timesteps2)
     ref_pred = reference(noisy, timesteps2, cond2)
     pred = policy(noisy, timesteps2, cond2)
     ref_err, err = denoising_error(ref_pred, target), denoising_error(pred, target)
