@@ -13,10 +13,14 @@ METHODS = {"base", "sc-dpo", "diffusion-dpo", "safetydpo", "safetydpo-average", 
 SUITES = {"direct", "synonym", "misspelled", "indirect", "adversarial"}
 
 
+# the release run reports each method once; the ablations come with --variant (validation material)
+VARIANTS = ["--variant", "sc-dpo-preference-only", "--variant", "safetydpo-average"]
+
+
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--out", str(out), *VARIANTS]) == 0
     return out
 
 
@@ -40,6 +44,7 @@ def test_quick_demo_writes_the_report_with_every_method(demo_out):
     assert "erase_weight = 0.5" in config and "preserve_weight = 8.0" in config
     assert "adversarial_restart = 0" in config and 'adversarial_objective = "erasure"' in config
     assert "adversarial_refresh = 25" in config and "export_strength = 1.25" in config
+    assert "\nseed = 3\n" in config  # the training seed validation chose (scdpo.demo.TUNED)
     from scdpo.lora import load_lora
 
     shipped = load_lora(demo_out / "loras" / "sc-dpo.safetensors")
@@ -49,7 +54,7 @@ def test_quick_demo_writes_the_report_with_every_method(demo_out):
     assert "erase_weight = 0.0" in preference and "train_ff = false" in preference
     assert "adversarial_restart = 0" in preference and "export_strength = 1.0" in preference
     baseline = (demo_out / "loras" / "diffusion-dpo.config.toml").read_text()
-    assert "winner_anchor = 0.0" in baseline and "lam = 0.0" in baseline
+    assert "winner_anchor = 0.0" in baseline and "lam = 0.0" in baseline and "\nseed = 0\n" in baseline
     summary = json.loads((demo_out / "scp" / "dataset.json").read_text())
     assert summary["config"]["composite_frac"] == 0.2
     assert set(report["timings"]) and all(v >= 0 for v in report["timings"].values())
@@ -70,9 +75,22 @@ def test_quick_demo_already_makes_the_base_safer(demo_out):
 
 @pytest.mark.slow
 def test_rerunning_the_demo_skips_finished_stages(demo_out, capsys):
-    assert main(["demo", "--quick", "--out", str(demo_out)]) == 0
+    assert main(["demo", "--quick", "--out", str(demo_out), *VARIANTS]) == 0
     out = capsys.readouterr().out
     assert out.count("already done, skipped") >= 10
     workers = default_workers()
     n_stages = 11 + (workers if workers > 1 else 0)  # one data shard per worker when there are several
     assert f"[{n_stages}/{n_stages}] eval" in out  # the stage counter counts the stages that run
+    assert "eval: all methods on the test split: already done" in out
+
+
+@pytest.mark.slow
+def test_the_release_run_reports_each_method_once_and_a_dropped_variant_renews_the_report(demo_out, capsys):
+    """Without --variant the trained ablation and the averaged merge are neither trained nor reported; the
+    report written with them is not taken for this run's (its methods differ), so the evaluation runs again."""
+    assert main(["demo", "--quick", "--out", str(demo_out)]) == 0
+    out = capsys.readouterr().out
+    assert "eval: all methods on the test split: already done" not in out
+    assert "sc-dpo-preference-only" not in out.split("eval:")[0] and "(average)" not in out
+    report = json.loads((demo_out / "report.json").read_text())
+    assert set(report["methods"]) == METHODS - {"sc-dpo-preference-only", "safetydpo-average"}

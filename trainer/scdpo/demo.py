@@ -7,12 +7,11 @@ Stages (each prints one progress line; each calls the same typed function as its
                            composite prompts (a look-alike next to a harmful thing)
 3. ``scdpo lora train``    the SC-DPO safety LoRA (β, λ, γ, winner anchor μ, concept augmentation,
                            erasure target and preservation, adversarial training against the current
-                           LoRA in the loop; docs/method.md): ``sc-dpo``; beside it
-                           ``sc-dpo-preference-only`` (the preference loss alone: no erasure target,
-                           no adversarial training; the third release's recipe)
+                           LoRA in the loop; docs/method.md): ``sc-dpo``
 4. baselines               Diffusion-DPO (λ=0, γ=0) on the same pairs; SafetyDPO (one expert per
-                           category, merged by activation and by averaging), each at the β / learning
-                           rate / steps its validation search chose (:data:`TUNED`)
+                           category, merged by activation), each at the β / learning rate / steps its
+                           validation search chose (:data:`TUNED`); ``--variant`` adds ablations
+                           (:data:`VARIANTS`) for validation runs
 5. ``scdpo eval``          every method on the chosen split (test by default): harmful suites, the
                            white-box attack families, composite, clean and near-miss prompts
                            → report.json/.html
@@ -33,17 +32,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from .errors import ScdpoError
 from .fileio import ensure_writable_dir
 
 # β, learning rate and steps of each trained method, chosen on the validation split by the search
 # (docs/results.md §3 lists the grid and the scores behind each choice). The baselines' were searched
 # again on the present data (14 points each); SC-DPO's come from the first search, its other settings
-# from the validation experiments of docs/results.md §2.
+# from the validation experiments of docs/results.md §2. The training seed is chosen the same way, for
+# every method alike: of seeds 0-3 at those settings, the one with the best mean validation score over
+# evaluation seeds 1234 / 7 (sc-dpo 3: 0.884 against 0.871 / 0.865 / 0.790; Diffusion-DPO 0: 0.538 against
+# 0.355 / 0.314 / 0.449; SafetyDPO 0: 0.259 against -0.472 / 0.204 / 0.147; docs/results.md §2k).
 TUNED = {
-    "sc-dpo": {"beta": 2500.0, "lr": 1e-3, "steps": 450},
-    "diffusion-dpo": {"beta": 5000.0, "lr": 3e-3, "steps": 450},
-    "safetydpo": {"beta": 10000.0, "lr": 2e-3, "steps": 100},  # per expert
+    "sc-dpo": {"beta": 2500.0, "lr": 1e-3, "steps": 450, "seed": 3},
+    "diffusion-dpo": {"beta": 5000.0, "lr": 3e-3, "steps": 450, "seed": 0},
+    "safetydpo": {"beta": 10000.0, "lr": 2e-3, "steps": 100, "seed": 0},  # per expert
 }
+
+
+# what ``--variant`` may add: SC-DPO with the preference loss alone (the third release's recipe), that without
+# the winner anchor, and SafetyDPO's experts merged by averaging their weight deltas instead of by activation
+VARIANTS = ("sc-dpo-preference-only", "sc-dpo-no-anchor", "safetydpo-average")
 
 
 @dataclass
@@ -93,16 +101,19 @@ class DemoPlan:
     adversarial_refresh: int = 25
     adversarial_refresh_steps: int = 20
     export_strength: float = 1.25
-    eval_n: int = 10
+    # prompts per (category, suite) cell of the report: 20 since the ninth release (was 10, where one image moved a
+    # category's attack cell by 10 points); the ablation variants left the test run to pay for it
+    eval_n: int = 20
     eval_split: str = "test"
     gen_steps: int = 10  # DDIM steps for every generation (the toy base is as good at 10 as at 20)
     threads: int = 0  # torch threads of the stages run in this process (0 = all cores)
     # processes for the training and evaluation stages, one thread each (0 = one per core; 1 = every stage
     # in this process, with ``threads`` threads)
     workers: int = 0
-    # sc-dpo variants trained and reported beside the main row (``sc-dpo-no-anchor`` is the other one
-    # :func:`method_options` knows; its evidence is a validation experiment, docs/results.md §2)
-    variants: tuple = ("sc-dpo-preference-only",)
+    # ablations trained (or merged) and reported beside the main rows, none by default: they are validation
+    # material (docs/results.md §2), and the test run reports each method once, at its chosen setting
+    # (``scdpo demo --variant NAME``, one of :data:`VARIANTS`)
+    variants: tuple = ()
     train_overrides: dict = field(default_factory=dict)  # TrainConfig fields set for every LoRA (tests: rank)
 
     @classmethod
@@ -222,7 +233,8 @@ def train_config(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, 
     from .dpo.config import TrainConfig, config_from_mapping
 
     values = {"data": str(scp), "out": str(loras), "name": name, "steps": tuned["steps"], "beta": tuned["beta"],
-              "lr": tuned["lr"], "cost_model": str(cost), **plan.train_overrides, **options}
+              "lr": tuned["lr"], "seed": tuned.get("seed", 0), "cost_model": str(cost), **plan.train_overrides,
+              **options}
     return config_from_mapping(values, TrainConfig(), source="demo").validate()
 
 
@@ -321,23 +333,27 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     if not clean_pairs:
         main["clean_pairs"] = False
     # the longest training first, so that side by side the last one to finish is a short one
-    variants = tuple(plan.variants)
+    unknown = [v for v in plan.variants if v not in VARIANTS]
+    if unknown:
+        raise ScdpoError(f"unknown demo variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
+    trained = tuple(v for v in plan.variants if v.startswith("sc-dpo"))
     stages.append(train("sc-dpo", "sc-dpo", main))
-    stages += [train(name, "sc-dpo", method_options(plan, name)) for name in variants]
+    stages += [train(name, "sc-dpo", method_options(plan, name)) for name in trained]
     stages.append(train("diffusion-dpo", "diffusion-dpo", method_options(plan, "diffusion-dpo")))
     experts = []
     for cat in _categories():
         name = f"safetydpo-expert-{cat}"
         stages.append(train(name, "safetydpo", {**method_options(plan, "safetydpo"), "categories": [cat]}))
         experts.append(str(loras / f"{name}.safetensors"))
-    for method in ("activation", "average"):
+    merges = ("activation", "average") if "safetydpo-average" in plan.variants else ("activation",)
+    for method in merges:
         target = loras / f"safetydpo-{method}.safetensors"
         stages.append(Stage(f"lora merge: SafetyDPO experts ({method})",
                             lambda m=method, t=target: merge_expert_files(experts, m, t, base="toy", data=str(scp)),
                             target.exists))
 
     evaluated = {"sc-dpo": "sc-dpo", "diffusion-dpo": "diffusion-dpo", "safetydpo": "safetydpo-activation",
-                 "safetydpo-average": "safetydpo-average", **{n: n for n in variants}}
+                 **{n: n for n in plan.variants}}
     lora_files = {name: loras / f"{stem}.safetensors" for name, stem in evaluated.items()}
     report_path = out / "report.json"
 
@@ -345,7 +361,9 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
         if not report_path.exists():
             return False
         newer = all(p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime for p in lora_files.values())
-        return newer and json.loads(report_path.read_text()).get("split") == plan.eval_split
+        earlier = json.loads(report_path.read_text())
+        same = set(earlier.get("methods", {})) == {*DEFAULT_METHODS, *lora_files}  # a --variant added or dropped
+        return newer and same and earlier.get("split") == plan.eval_split and earlier["config"]["n"] == plan.eval_n
 
     stages.append(Stage(f"eval: all methods on the {plan.eval_split} split", lambda: run_evaluation(
         out, methods=DEFAULT_METHODS, loras=tuple(f"{n}={p}" for n, p in lora_files.items()), n=plan.eval_n,
@@ -372,11 +390,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole method on the toy world: cost model, SCP data, SC-DPO LoRA, baselines, report",
-        description="Train the cost model, build the SCP preference data, train the SC-DPO safety LoRA and a "
-        "variant with adversarial training in the loop, run the baselines (Diffusion-DPO, SafetyDPO "
-        "at their tuned settings, training-free), evaluate everything on the test split (or "
-        "--split validation while tuning) and write report.json / report.html to --out. About 13 minutes on a "
-        "2-core CPU; --quick is a much smaller run whose numbers are only a smoke test. Re-running with the same "
+        description="Train the cost model, build the SCP preference data, train the SC-DPO safety LoRA, run "
+        "the baselines (Diffusion-DPO, SafetyDPO at their tuned settings, training-free), evaluate everything "
+        "on the test split (or --split validation while tuning) and write report.json / report.html to --out. "
+        "About 13 minutes on a 2-core CPU; --quick is a much smaller run whose numbers are only a smoke test. Re-running with the same "
         "--out skips finished stages.",
     )
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
@@ -384,6 +401,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a much smaller run (used by the tests): every stage runs, the numbers are imprecise")
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="evaluation split: test (the release report, default) or validation (tuning)")
+    p.add_argument("--variant", action="append", choices=VARIANTS, default=[],
+                   help="also train (or merge) and report this ablation beside the main rows; repeatable. "
+                        "Ablations are validation material: use them with --split validation")
     p.add_argument("--no-dfm", action="store_true", help="main SC-DPO run without dynamic focusing (γ=0)")
     p.add_argument("--no-safety-margin", action="store_true", help="main SC-DPO run without the safety margin (λ=0)")
     p.add_argument("--no-clean-pairs", action="store_true", help="main SC-DPO run on harmful pairs only")
@@ -404,6 +424,7 @@ def _run(args) -> int:
 
     plan = DemoPlan.quick() if args.quick else DemoPlan()
     plan.eval_split = args.split
+    plan.variants = tuple(dict.fromkeys(args.variant))
     if args.workers < 0:
         from .errors import ScdpoError
 
