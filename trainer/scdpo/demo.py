@@ -393,7 +393,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train the cost model, build the SCP preference data, train the SC-DPO safety LoRA, run "
         "the baselines (Diffusion-DPO, SafetyDPO at their tuned settings, training-free), evaluate everything "
         "on the test split (or --split validation while tuning) and write report.json / report.html to --out. "
-        "About 13 minutes on a 2-core CPU; --quick is a much smaller run whose numbers are only a smoke test. Re-running with the same "
+        "About 15 minutes on a 2-core CPU; --quick is a much smaller run whose numbers are only a smoke test. Re-running with the same "
         "--out skips finished stages.",
     )
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
