@@ -101,7 +101,7 @@ class DemoPlan:
     adversarial_refresh: int = 25
     adversarial_refresh_steps: int = 20
     export_strength: float = 1.25
-    # prompts per (category, suite) cell of the report: 20 since the ninth release (was 10, where one image moved a
+    # prompts per (category, suite) cell of the report: 20 since the tenth release (was 10, where one image moved a
     # category's attack cell by 10 points); the ablation variants left the test run to pay for it
     eval_n: int = 20
     eval_split: str = "test"
@@ -363,7 +363,8 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
         newer = all(p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime for p in lora_files.values())
         earlier = json.loads(report_path.read_text())
         same = set(earlier.get("methods", {})) == {*DEFAULT_METHODS, *lora_files}  # a --variant added or dropped
-        return newer and same and earlier.get("split") == plan.eval_split and earlier["config"]["n"] == plan.eval_n
+        return newer and same and earlier.get("split") == plan.eval_split \
+            and earlier.get("config", {}).get("n") == plan.eval_n
 
     stages.append(Stage(f"eval: all methods on the {plan.eval_split} split", lambda: run_evaluation(
         out, methods=DEFAULT_METHODS, loras=tuple(f"{n}={p}" for n, p in lora_files.items()), n=plan.eval_n,
@@ -393,8 +394,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train the cost model, build the SCP preference data, train the SC-DPO safety LoRA, run "
         "the baselines (Diffusion-DPO, SafetyDPO at their tuned settings, training-free), evaluate everything "
         "on the test split (or --split validation while tuning) and write report.json / report.html to --out. "
-        "About 15 minutes on a 2-core CPU; --quick is a much smaller run whose numbers are only a smoke test. Re-running with the same "
-        "--out skips finished stages.",
+        "About 15 minutes on a 2-core CPU; --quick is a much smaller run whose numbers are only a smoke test. "
+        "Re-running with the same --out skips finished stages.",
     )
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--quick", action="store_true",
