@@ -58,10 +58,9 @@ def test_quick_demo_writes_the_report_with_every_method(demo_out):
     summary = json.loads((demo_out / "scp" / "dataset.json").read_text())
     assert summary["config"]["composite_frac"] == 0.2
     assert set(report["timings"]) and all(v >= 0 for v in report["timings"].values())
-    if default_workers() > 1:  # training stages side by side, each in its own one-thread process, and beside
-        # them the training-free methods' evaluation
+    if default_workers() > 1:  # training stages side by side, each in its own one-thread process
         assert any(k.startswith("side by side: lora train: sc-dpo,") and "sc-dpo-preference-only" in k
-                   and "eval: base" in k for k in report["timings"])
+                   for k in report["timings"])
         assert "wrote" in (demo_out / "logs" / "lora_train__sc-dpo.log").read_text()
         assert (demo_out / "loras" / "jobs" / "sc-dpo.toml").exists()
 
@@ -80,10 +79,9 @@ def test_rerunning_the_demo_skips_finished_stages(demo_out, capsys):
     out = capsys.readouterr().out
     assert out.count("already done, skipped") >= 10
     workers = default_workers()
-    # one data shard per worker when there are several; the training-free methods in one evaluation per worker
-    n_stages = 11 + (workers if workers > 1 else 0) + min(workers, 4)
+    n_stages = 11 + (workers if workers > 1 else 0)  # one data shard per worker when there are several
     assert f"[{n_stages}/{n_stages}] eval" in out  # the stage counter counts the stages that run
-    assert "eval: the trained methods on the test split, one report of all: already done" in out
+    assert "eval: all methods on the test split: already done" in out
 
 
 @pytest.mark.slow
@@ -92,8 +90,7 @@ def test_the_release_run_reports_each_method_once_and_a_dropped_variant_renews_t
     report written with them is not taken for this run's (its methods differ), so the evaluation runs again."""
     assert main(["demo", "--quick", "--out", str(demo_out)]) == 0
     out = capsys.readouterr().out
-    assert "eval: the trained methods on the test split, one report of all: done" in out
-    assert "on the test split: already done" in out  # the training-free methods' parts are kept
-    assert "sc-dpo-preference-only" not in out.split("eval: the trained")[0] and "(average)" not in out
+    assert "eval: all methods on the test split: already done" not in out
+    assert "sc-dpo-preference-only" not in out.split("eval:")[0] and "(average)" not in out
     report = json.loads((demo_out / "report.json").read_text())
     assert set(report["methods"]) == METHODS - {"sc-dpo-preference-only", "safetydpo-average"}

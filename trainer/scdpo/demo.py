@@ -14,12 +14,10 @@ Stages (each prints one progress line; each calls the same typed function as its
                            (:data:`VARIANTS`) for validation runs
 5. ``scdpo eval``          every method on the chosen split (test by default): harmful suites, the
                            white-box attack families, composite, clean and near-miss prompts
-                           → report.json/.html (the training-free methods' part runs beside the
-                           training, the trained methods' after it; the parts are merged)
+                           → report.json/.html
 
 Outputs under ``--out``: ``cost_model.safetensors``, ``scp/``, ``loras/*.safetensors`` (+ resolved
-configs and TensorBoard logs), ``eval_parts/``, ``report.json``, ``report.html``, ``tradeoff.png``,
-grids.
+configs and TensorBoard logs), ``report.json``, ``report.html``, ``tradeoff.png``, grids.
 Re-running resumes: finished stages whose outputs exist are skipped.
 """
 
@@ -261,30 +259,6 @@ def train_stage(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, t
     return Stage(f"lora train: {name}", run, (loras / f"{name}.safetensors").exists, command)
 
 
-def _report_covers(path: Path, methods: list[str], plan: DemoPlan) -> bool:
-    """Whether ``path`` is a report of exactly ``methods`` at the plan's split and cell size."""
-    if not path.exists():
-        return False
-    report = json.loads(path.read_text())
-    return set(report.get("methods", {})) == set(methods) and report.get("split") == plan.eval_split \
-        and report.get("config", {}).get("n") == plan.eval_n
-
-
-def eval_stage(plan: DemoPlan, out: Path, methods: list[str]) -> Stage:
-    """``scdpo eval`` of some training-free ``methods`` into ``out``, skipped when its report is there."""
-    def run() -> None:
-        from .evaluation.commands import run_evaluation
-
-        run_evaluation(out, methods=tuple(methods), n=plan.eval_n, steps=plan.gen_steps, split=plan.eval_split)
-
-    def command() -> list[str]:
-        return ["eval", "--method", ",".join(methods), "--n", str(plan.eval_n), "--steps", str(plan.gen_steps),
-                "--split", plan.eval_split, "--out", str(out)]
-
-    return Stage(f"eval: {', '.join(methods)} on the {plan.eval_split} split", run,
-                 lambda: _report_covers(out / "report.json", methods, plan), command)
-
-
 def scp_build_config(plan: DemoPlan):
     """The demo's ``scdpo data build`` settings."""
     from .scp.builder import BuildConfig
@@ -332,8 +306,7 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     """Run (or resume) the demo under ``out``; ``data_only`` stops after the cost model and the SCP data
     (what the search needs) and returns ``{}``."""
     from .dpo.commands import merge_expert_files
-    from .evaluation.commands import DEFAULT_METHODS, run_evaluation, split_evenly
-    from .evaluation.report import merge_reports
+    from .evaluation.commands import DEFAULT_METHODS, run_evaluation
 
     from .cost.commands import apply_threads
 
@@ -373,7 +346,6 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
         stages.append(train(name, "safetydpo", {**method_options(plan, "safetydpo"), "categories": [cat]}))
         experts.append(str(loras / f"{name}.safetensors"))
     merges = ("activation", "average") if "safetydpo-average" in plan.variants else ("activation",)
-    first_merge = len(stages)
     for method in merges:
         target = loras / f"safetydpo-{method}.safetensors"
         stages.append(Stage(f"lora merge: SafetyDPO experts ({method})",
@@ -385,28 +357,18 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     lora_files = {name: loras / f"{stem}.safetensors" for name, stem in evaluated.items()}
     report_path = out / "report.json"
 
-    # The training-free methods need no LoRA, so they are evaluated as the training's side-by-side jobs, on
-    # the core that idles while sc-dpo (the longest job) trains; the trained methods after the training, and
-    # the parts merged into one report, whose numbers equal a one-process evaluation of every method.
-    parts = out / "eval_parts"
-    free = [eval_stage(plan, parts / f"free-{i}", group) for i, group in enumerate(split_evenly(
-        list(DEFAULT_METHODS), max(workers, 1)))]
-    stages[first_merge:first_merge] = free
-
     def report_fresh() -> bool:
-        newer = report_path.exists() and all(
-            p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime for p in lora_files.values())
-        return newer and _report_covers(report_path, [*DEFAULT_METHODS, *lora_files], plan)
+        if not report_path.exists():
+            return False
+        newer = all(p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime for p in lora_files.values())
+        earlier = json.loads(report_path.read_text())
+        same = set(earlier.get("methods", {})) == {*DEFAULT_METHODS, *lora_files}  # a --variant added or dropped
+        return newer and same and earlier.get("split") == plan.eval_split \
+            and earlier.get("config", {}).get("n") == plan.eval_n
 
-    def evaluate() -> None:
-        trained = parts / "trained"
-        run_evaluation(trained, methods=(), loras=tuple(f"{n}={p}" for n, p in lora_files.items()), n=plan.eval_n,
-                       steps=plan.gen_steps, split=plan.eval_split, workers=workers)
-        merge_reports(out, [*(parts / f"free-{i}" for i in range(len(free))), trained],
-                      order=[*DEFAULT_METHODS, *lora_files])
-
-    stages.append(Stage(f"eval: the trained methods on the {plan.eval_split} split, one report of all",
-                        evaluate, report_fresh))
+    stages.append(Stage(f"eval: all methods on the {plan.eval_split} split", lambda: run_evaluation(
+        out, methods=DEFAULT_METHODS, loras=tuple(f"{n}={p}" for n, p in lora_files.items()), n=plan.eval_n,
+        steps=plan.gen_steps, split=plan.eval_split, workers=workers), report_fresh))
     runner.run_all(stages)
 
     report = json.loads(report_path.read_text())
