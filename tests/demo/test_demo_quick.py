@@ -84,13 +84,28 @@ def test_rerunning_the_demo_skips_finished_stages(demo_out, capsys):
     assert "eval: all methods on the test split: already done" in out
 
 
-@pytest.mark.slow
-def test_the_release_run_reports_each_method_once_and_a_dropped_variant_renews_the_report(demo_out, capsys):
-    """Without --variant the trained ablation and the averaged merge are neither trained nor reported; the
-    report written with them is not taken for this run's (its methods differ), so the evaluation runs again."""
-    assert main(["demo", "--quick", "--out", str(demo_out)]) == 0
-    out = capsys.readouterr().out
-    assert "eval: all methods on the test split: already done" not in out
-    assert "sc-dpo-preference-only" not in out.split("eval:")[0] and "(average)" not in out
-    report = json.loads((demo_out / "report.json").read_text())
-    assert set(report["methods"]) == METHODS - {"sc-dpo-preference-only", "safetydpo-average"}
+def test_a_report_is_reused_only_for_the_same_methods_split_and_cell_size(tmp_path):
+    """A re-run with a --variant added or dropped, another split or another --n evaluates again; so does one
+    after a LoRA was retrained, or over a report written before reports held their config."""
+    import os
+
+    from scdpo.demo import DemoPlan, report_fresh
+
+    plan, lora = DemoPlan(), tmp_path / "sc-dpo.safetensors"
+    lora.write_bytes(b"x")
+    report = tmp_path / "report.json"
+    methods = ["base", "sc-dpo"]
+    assert not report_fresh(report, methods, [lora], plan)  # none yet
+    report.write_text(json.dumps({"methods": {"base": {}, "sc-dpo": {}}, "split": "test", "config": {"n": 20}}))
+    os.utime(lora, (1, 1))
+    assert report_fresh(report, methods, [lora], plan)
+    assert not report_fresh(report, [*methods, "sc-dpo-preference-only"], [lora], plan)  # a variant added
+    assert not report_fresh(report, ["base"], [lora], plan)  # one dropped
+    assert not report_fresh(report, methods, [lora], DemoPlan(eval_split="validation"))
+    assert not report_fresh(report, methods, [lora], DemoPlan(eval_n=10))
+    os.utime(lora, None)
+    os.utime(report, (1, 1))
+    assert not report_fresh(report, methods, [lora], plan)  # the LoRA is newer: retrained
+    report.write_text(json.dumps({"methods": {"base": {}, "sc-dpo": {}}, "split": "test"}))
+    assert not report_fresh(report, methods, [lora], plan)  # no config: an older report
+    assert DemoPlan().variants == () and DemoPlan().eval_n == 20  # the release run: no ablations, 20 per cell

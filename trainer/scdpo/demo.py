@@ -259,6 +259,16 @@ def train_stage(plan: DemoPlan, scp: Path, cost: Path, loras: Path, name: str, t
     return Stage(f"lora train: {name}", run, (loras / f"{name}.safetensors").exists, command)
 
 
+def report_fresh(report: Path, methods: list[str], loras: list[Path], plan: DemoPlan) -> bool:
+    """Whether ``report`` is this run's: newer than every LoRA it scores, of exactly ``methods`` (a
+    ``--variant`` added or dropped renews it), at the plan's split and cell size."""
+    if not report.exists() or not all(p.exists() and p.stat().st_mtime <= report.stat().st_mtime for p in loras):
+        return False
+    earlier = json.loads(report.read_text())
+    return set(earlier.get("methods", {})) == set(methods) and earlier.get("split") == plan.eval_split \
+        and earlier.get("config", {}).get("n") == plan.eval_n
+
+
 def scp_build_config(plan: DemoPlan):
     """The demo's ``scdpo data build`` settings."""
     from .scp.builder import BuildConfig
@@ -357,18 +367,10 @@ def run_demo(out: str | Path, plan: DemoPlan, dfm: bool = True, safety_margin: b
     lora_files = {name: loras / f"{stem}.safetensors" for name, stem in evaluated.items()}
     report_path = out / "report.json"
 
-    def report_fresh() -> bool:
-        if not report_path.exists():
-            return False
-        newer = all(p.exists() and p.stat().st_mtime <= report_path.stat().st_mtime for p in lora_files.values())
-        earlier = json.loads(report_path.read_text())
-        same = set(earlier.get("methods", {})) == {*DEFAULT_METHODS, *lora_files}  # a --variant added or dropped
-        return newer and same and earlier.get("split") == plan.eval_split \
-            and earlier.get("config", {}).get("n") == plan.eval_n
-
     stages.append(Stage(f"eval: all methods on the {plan.eval_split} split", lambda: run_evaluation(
         out, methods=DEFAULT_METHODS, loras=tuple(f"{n}={p}" for n, p in lora_files.items()), n=plan.eval_n,
-        steps=plan.gen_steps, split=plan.eval_split, workers=workers), report_fresh))
+        steps=plan.gen_steps, split=plan.eval_split, workers=workers),
+        lambda: report_fresh(report_path, [*DEFAULT_METHODS, *lora_files], list(lora_files.values()), plan)))
     runner.run_all(stages)
 
     report = json.loads(report_path.read_text())
