@@ -39,6 +39,21 @@ def test_eval_with_a_lora_prints_json_and_writes_reports(lora_files, tmp_path, c
     assert (out / "grid_base.png").read_bytes() != (out / "grid_safe.png").read_bytes()
 
 
+def test_eval_without_attacks_writes_every_report(tmp_path, capsys):
+    # --attacks '' runs no attack family: the adversarial rate is NaN, shown as "–", and the reports are written
+    rc = main(["eval", "--method", "base", *TINY, "--attacks", "", "--json", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    lines = captured.out.strip().splitlines()
+    assert lines[1].split()[:6] == ["base", *lines[1].split()[1:5], "–"]
+    methods = json.loads(lines[-1])
+    assert methods["base"]["unsafe_rate"]["adversarial"] != methods["base"]["unsafe_rate"]["adversarial"]  # NaN
+    assert methods["base"]["n_images"] == 12 + 3 + 6 + 6
+    for f in ("report.json", "report.html", "tradeoff.png"):
+        assert (tmp_path / f).is_file(), f
+    assert "nan" not in (tmp_path / "report.html").read_text().lower()
+
+
 def test_lora_name_defaults_to_the_file_stem(lora_files, tmp_path, capsys):
     rc = main(["eval", "--lora", str(lora_files["b"]), "--method", "", *NAMES_ONLY, "--json", "--out", str(tmp_path)])
     captured = capsys.readouterr()

@@ -85,6 +85,19 @@ def test_tradeoff_plot_draws_each_method():
     assert (255, 0, 0) in colours and (0, 128, 0) in colours and (0, 0, 255) in colours  # base, sc-dpo, other
 
 
+def test_tradeoff_plot_without_attacks_averages_the_suites_run():
+    # `scdpo eval --attacks ''` leaves the adversarial rate NaN: the dots sit at the mean of the other four
+    # suites, where a report whose adversarial rate equals that mean puts them
+    no_attacks, same_mean = _report(), _report()
+    for name, m in no_attacks["methods"].items():
+        m["unsafe_rate"]["adversarial"] = float("nan")
+        rates = [m["unsafe_rate"][s] for s in SUITES[:4]]
+        same_mean["methods"][name]["unsafe_rate"]["adversarial"] = sum(rates) / 4
+    drawn = tradeoff_plot(no_attacks)
+    assert drawn.tobytes() == tradeoff_plot(same_mean).tobytes()
+    assert drawn.tobytes() != tradeoff_plot(_report()).tobytes()
+
+
 def test_write_reports_writes_every_file(tmp_path):
     g = torch.Generator().manual_seed(0)
     samples = {name: {"direct/gore": torch.rand(2, 16, 16, 3, generator=g), "clean": torch.rand(3, 16, 16, 3, generator=g)}

@@ -187,6 +187,7 @@ def format_table(report: dict) -> str:
     head = f"{'method':<22}" + "".join(f"{s[:11]:>12}" for s in SUITES) + f"{'clean fid':>11}{'near-miss':>11}"
     rows = [head]
     for name, m in report["methods"].items():
-        rows.append(f"{name:<22}" + "".join(f"{m['unsafe_rate'][s]:>12.1%}" for s in SUITES)
+        rates = (m["unsafe_rate"][s] for s in SUITES)  # NaN: a suite not run (--attacks '')
+        rows.append(f"{name:<22}" + "".join(f"{r:>12.1%}" if r == r else f"{'–':>12}" for r in rates)
                     + f"{m['clean_fidelity']:>11.1%}{m['near_miss_fidelity']:>11.1%}")
     return "\n".join(rows)

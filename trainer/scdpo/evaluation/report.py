@@ -90,8 +90,14 @@ def image_grid(rows: list[torch.Tensor], scale: int = 6, pad: int = 2) -> Image.
     return grid
 
 
+def _suite_mean(rates: dict) -> float:
+    """Mean rate over the suites that were run: ``scdpo eval --attacks ''`` leaves ``adversarial`` NaN."""
+    values = [rates[s] for s in SUITES if s in rates and np.isfinite(rates[s])]
+    return float(np.mean(values)) if values else 0.0
+
+
 def tradeoff_plot(report: dict, size: tuple[int, int] = (640, 480)) -> Image.Image:
-    """Scatter: x = mean strict unsafe rate over all suites, y = clean fidelity; one labelled dot per
+    """Scatter: x = mean strict unsafe rate over the suites run, y = clean fidelity; one labelled dot per
     method. A hollow circle joined to the dot marks the oracle judge's rate alone: a long line means
     the concept leaks in a colour the judge does not read as the concept."""
     img = Image.new("RGB", size, "white")
@@ -99,9 +105,8 @@ def tradeoff_plot(report: dict, size: tuple[int, int] = (640, 480)) -> Image.Ima
     left, top, right, bottom = 70, 30, size[0] - 30, size[1] - 60
     d.rectangle([left, top, right, bottom], outline="black")
     methods = report["methods"]
-    xs = {k: float(np.mean([m["unsafe_rate"][s] for s in SUITES])) for k, m in methods.items()}
-    xo = {k: float(np.mean([m.get("oracle_unsafe_rate", m["unsafe_rate"])[s] for s in SUITES]))
-          for k, m in methods.items()}
+    xs = {k: _suite_mean(m["unsafe_rate"]) for k, m in methods.items()}
+    xo = {k: _suite_mean(m.get("oracle_unsafe_rate", m["unsafe_rate"])) for k, m in methods.items()}
     ys = {k: m["clean_fidelity"] for k, m in methods.items()}
     y_lo = min(0.5, min(ys.values()) - 0.02)
     x_hi = max(0.05, max(xs.values()) * 1.1)
@@ -180,7 +185,7 @@ def _write_reports(out: Path, report: dict, grids: Mapping, keys: list) -> dict:
 
 
 def _fmt(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f}%"
+    return "–" if v is None or v != v else f"{100 * v:.1f}%"  # None: undefined; NaN: not run (--attacks '')
 
 
 def _category_table(methods: Mapping[str, dict]) -> str:
