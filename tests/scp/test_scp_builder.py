@@ -209,14 +209,14 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, tiny_setup):
     assert resumed.n_pairs == full.n_pairs and a.equals(b)
     with pytest.raises(OutputPathError, match="other settings"):
         build_scp_dataset(model, scorer, reward, prompts, _cfg(candidates=2), tmp_path / "resumed", progress=False)
-    # a build made before --composite-winner-max-cost existed (no such key) resumes as the same build;
-    # setting the option makes it another
-    assert "composite_winner_max_cost" not in state["identity"]["config"]
+    # a build made before --composite-winner-max-cost / --composite-in-place existed (no such keys) resumes
+    # as the same build; setting either option makes it another
+    assert {"composite_winner_max_cost", "composite_in_place"}.isdisjoint(state["identity"]["config"])
     again = build_scp_dataset(model, scorer, reward, prompts, cfg, tmp_path / "resumed", progress=False)
     assert again.n_pairs == full.n_pairs
-    with pytest.raises(OutputPathError, match="other settings"):
-        build_scp_dataset(model, scorer, reward, prompts, _cfg(composite_winner_max_cost=float("inf")),
-                          tmp_path / "resumed", progress=False)
+    for option in ({"composite_winner_max_cost": float("inf")}, {"composite_in_place": True}):
+        with pytest.raises(OutputPathError, match="other settings"):
+            build_scp_dataset(model, scorer, reward, prompts, _cfg(**option), tmp_path / "resumed", progress=False)
 
 
 def test_shards_built_apart_give_the_dataset_of_one_build(tmp_path, tiny_setup):
@@ -481,3 +481,17 @@ def test_composite_prompts_can_keep_their_pairs_when_the_cost_model_is_unsure_of
     strict = build_scp_dataset(model, _OracleScorer(), ToyFidelityReward(), specs, _cfg(**cfg), tmp_path / "b",
                                progress=False)
     assert strict.n_pairs == 0 and strict.summary["skipped_prompts"]["no_safe_winner"] >= 8
+
+
+def test_composite_in_place_reaches_the_build_config_and_the_toy_prompts():
+    from scdpo.cli import build_parser
+    from scdpo.scp.commands import build_config_from_args
+
+    base = ["data", "build", "--out", "x", "--composite-frac", "1"]
+    off = build_config_from_args(build_parser().parse_args(base))
+    on = build_config_from_args(build_parser().parse_args([*base, "--composite-in-place"]))
+    assert (off.composite_in_place, on.composite_in_place) == (False, True)
+    specs = {flag: toy_prompt_specs(40, 1.0, 0.0, 0, on.composite_frac, flag) for flag in (False, True)}
+    moved = [(a, b) for a, b in zip(specs[False], specs[True]) if a.composite]
+    assert moved and all(a.text == b.text for a, b in moved)
+    assert all(" on the " not in a.safe_text and " on the " in b.safe_text for a, b in moved)

@@ -137,6 +137,20 @@ def test_composite_prompts_hold_a_look_alike_and_a_harmful_thing_and_keep_the_lo
         assert p.clean_things == tuple(t for t in p.scene.things if t.kind == "nearmiss")
 
 
+def test_a_composites_safe_rewrite_keeps_its_look_alike_in_the_centre_or_with_the_option_at_its_side():
+    centred = [ToyWorld("train").composite_prompt(random.Random(i)) for i in range(40)]
+    in_place = [ToyWorld("train", composite_in_place=True).composite_prompt(random.Random(i)) for i in range(40)]
+    sides = set()
+    for a, b in zip(centred, in_place):
+        assert (a.text, a.scene, a.seed) == (b.text, b.scene, b.seed)  # only the rewrite differs
+        look_alike = next(t for t in a.scene.things if t.kind == "nearmiss")
+        assert a.safe_scene.things[0].position == "center" and " on the " not in a.safe_text
+        assert b.safe_scene.things == (look_alike,)  # where the composite draws it
+        assert f"{look_alike.phrase} on the {look_alike.position}" in b.safe_text
+        sides.add(look_alike.position)
+    assert sides == {"left", "right"}  # training captions put the look-alike on either side
+
+
 def test_rendering_is_deterministic_and_seeded():
     p = ToyWorld("all").harmful_prompt(random.Random(3), "gore")
     a, b = render(p.scene, 7), render(p.scene, 7)

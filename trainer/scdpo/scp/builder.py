@@ -99,6 +99,7 @@ class BuildConfig:
     rewrite_candidates: int = 2  # samples of the safe rewrite when no candidate is safe
     erased_candidates: int = 2  # samples of a look-alike prompt's erased rewrite, losers (0: off)
     composite_erased: bool = False  # also for composite harmful prompts: one more loser without the look-alike
+    composite_in_place: bool = False  # a composite's safe rewrite names its look-alike's side (False: centred)
     attack_candidates: int = 0  # samples of a harmful prompt under an attacked embedding (0: off)
     attack_strengths: tuple = (1.0, 2.0, 3.0)  # η of those samples, one drawn per prompt
     harmful_frac: float = 0.5  # toy prompt mix (ratio of harmful to clean instructions)
@@ -186,14 +187,15 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
 
 
 def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 0.15, seed: int = 0,
-                     composite_frac: float = 0.0) -> list[PromptSpec]:
+                     composite_frac: float = 0.0, composite_in_place: bool = False) -> list[PromptSpec]:
     """Toy instructions from **train-split surface forms, templates and caption shapes only**
     (``ToyWorld("train")``). ``composite_frac`` of the harmful ones also hold a look-alike ("a pencil
     next to a machete"); their safe rewrite keeps it, so the pairs teach to remove the concept and
-    keep the look-alike (stored as kind ``harmful``)."""
+    keep the look-alike (stored as kind ``harmful``): alone in the centre, or with ``composite_in_place``
+    at its side ("a pencil on the left"), where the composite draws it."""
     from ..toy.world import ToyWorld
 
-    world, rng = ToyWorld("train"), random.Random(f"scp-{seed}")
+    world, rng = ToyWorld("train", composite_in_place), random.Random(f"scp-{seed}")
     # composites draw from their own stream, so the rest of the prompts do not depend on composite_frac
     composite_rng = random.Random(f"scp-composite-{seed}")
     out = []
@@ -497,8 +499,9 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
         raise ValueError(f"shard must be (k, n) with 0 <= k < n, not {shard!r}")
     state_path = out / (shard_state_name(*shard) if shard else STATE_FILE)
     config = asdict(cfg)
-    if config["composite_winner_max_cost"] is None:  # unset: the identity of builds made before the option
-        del config["composite_winner_max_cost"]
+    for option, unset in (("composite_winner_max_cost", None), ("composite_in_place", False)):
+        if config[option] is unset:  # unset: the identity of builds made before the option
+            del config[option]
     identity = {"config": config, "describe": describe or {}, "n_prompts": len(prompts)}
     state = {"identity": identity, "done": {}, "skipped": {}}
     if state_path.exists() and not overwrite:

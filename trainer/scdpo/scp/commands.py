@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples of each look-alike prompt's erased rewrite (the prompt without the look-alike), "
                         "paired as losers against its best candidate so the LoRA learns to keep look-alikes "
                         "(default 2; 0 = off)")
+    b.add_argument("--composite-in-place", action="store_true",
+                   help="a composite prompt's safe rewrite names its look-alike's side (\"a pencil on the left\"), "
+                        "where the composite draws it, instead of the look-alike alone in the centre")
     b.add_argument("--composite-erased", action="store_true",
                    help="also sample each composite prompt's safe rewrite without its look-alike (an empty scene) "
                         "and pair it as one more loser against the prompt's winner, so the LoRA keeps look-alikes "
@@ -266,7 +269,7 @@ def _mine(args) -> int:
         try:
             built = json.loads(summary_file.read_text(encoding="utf-8"))["config"]
             specs = toy_prompt_specs(built["n_prompts"], built["harmful_frac"], built["near_miss_frac"], built["seed"],
-                                     built.get("composite_frac", 0.0))
+                                     built.get("composite_frac", 0.0), built.get("composite_in_place", False))
         except (OSError, ValueError, KeyError, TypeError):
             raise ScdpoError(f"{args.data} was not built from toy prompts by scdpo data build (its dataset.json "
                              "has no build config), so the toy reward cannot score it; pass --reward "
@@ -306,7 +309,7 @@ def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, co
         raise ScdpoError("--split selects rows of a --prompts CSV; the toy prompts are always the train split")
     if toy:
         prompts = toy_prompt_specs(config.n_prompts, config.harmful_frac, config.near_miss_frac, config.seed,
-                                   config.composite_frac)
+                                   config.composite_frac, config.composite_in_place)
     else:
         prompts, prompt_source = _read_prompt_csv(prompts_csv, prompt_split)
     preference = make_reward(reward, device=device)
@@ -344,6 +347,7 @@ def build_config_from_args(args):
                        winner_max_cost=args.winner_max_cost, pairs_per_prompt=args.pairs_per_prompt,
                        composite_winner_max_cost=args.composite_winner_max_cost,
                        erased_candidates=args.erased_candidates, composite_erased=args.composite_erased,
+                       composite_in_place=args.composite_in_place,
                        attack_candidates=args.attack_candidates,
                        attack_strengths=_attack_strengths(args.attack_strengths))
 

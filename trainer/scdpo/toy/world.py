@@ -357,10 +357,11 @@ class ToyWorld:
     """Seeded samplers of scenes, prompts and (image, caption) training pairs for one split
     (``train``, ``validation``, ``test``) or ``all`` (base pretraining)."""
 
-    def __init__(self, split: str = "train"):
+    def __init__(self, split: str = "train", composite_in_place: bool = False):
         if split not in (*SPLITS, "all"):
             raise ValueError(f"split must be one of {', '.join(SPLITS)} or all, not {split!r}")
         self.split = split
+        self.composite_in_place = composite_in_place  # a composite's safe rewrite keeps its look-alike's side
 
     def _pick_split(self, rng: random.Random, d: dict) -> list:
         if self.split == "all":  # half the captions from the training split, as the web mixes them
@@ -388,14 +389,16 @@ class ToyWorld:
 
     # -- captions
     def _alone_text(self, rng: random.Random, bg: str, obj: Optional[Thing]) -> str:
-        """A caption for ``obj`` alone (an empty scene for None) that names an object's position, so
-        it stays where it was."""
+        """A caption for ``obj`` alone (an empty scene for None) that names its position unless it is in
+        the centre, so it stays where it was."""
         if obj is None:
             return rng.choice(self._pick_split(rng, TEMPLATES_NONE)).format(bg=bg)
         text = self._text(rng, bg, obj, None)
         if obj.kind == "object" and obj.position != "center" and f" on the {obj.position}" not in text:
             for size in (True, False):
                 text = text.replace(object_phrase(obj, size, False), object_phrase(obj, size, True))
+        elif obj.kind == "nearmiss" and obj.position != "center":
+            text = text.replace(obj.phrase, f"{obj.phrase} on the {obj.position}", 1)
         return text
 
     def _text(self, rng: random.Random, bg: str, first: Thing, second: Optional[Thing]) -> str:
@@ -477,7 +480,9 @@ class ToyWorld:
         mot = self.motif(rng, category, form, "right")
         text, scene, placed = self._two_thing_prompt(rng, bg, look_alike, mot, shape)
         safe_rng = random.Random(rng.random())
-        safe = replace(placed, position="center")
+        # the look-alike alone, in the centre where a caption without a position puts it, or with
+        # ``composite_in_place`` named at its side ("a pencil on the left"), where the composite draws it
+        safe = placed if self.composite_in_place else replace(placed, position="center")
         safe_text = _cased_as(self._alone_text(safe_rng, bg, safe), shape)
         seed = rng.randrange(2**31)
         # Erased: the safe rewrite without its look-alike (an empty scene), a loser the look-alike beats.
