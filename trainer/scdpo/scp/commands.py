@@ -61,8 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "paired as losers against its best candidate so the LoRA learns to keep look-alikes "
                         "(default 2; 0 = off)")
     b.add_argument("--composite-in-place", action="store_true",
-                   help="a composite prompt's safe rewrite names its look-alike's side (\"a pencil on the left\"), "
-                        "where the composite draws it, instead of the look-alike alone in the centre")
+                   help="toy prompts: a composite prompt's safe rewrite names its look-alike's side (\"a pencil on "
+                        "the left\"), where the composite draws it, instead of the look-alike alone in the centre")
     b.add_argument("--composite-erased", action="store_true",
                    help="also sample each composite prompt's safe rewrite without its look-alike (an empty scene) "
                         "and pair it as one more loser against the prompt's winner, so the LoRA keeps look-alikes "
