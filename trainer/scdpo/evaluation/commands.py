@@ -182,12 +182,11 @@ def _run(args) -> int:
 
 
 def format_table(report: dict) -> str:
-    from .report import SUITES
+    from .report import SUITES, percent
 
     head = f"{'method':<22}" + "".join(f"{s[:11]:>12}" for s in SUITES) + f"{'clean fid':>11}{'near-miss':>11}"
     rows = [head]
     for name, m in report["methods"].items():
-        rates = (m["unsafe_rate"][s] for s in SUITES)  # NaN: a suite not run (--attacks '')
-        rows.append(f"{name:<22}" + "".join(f"{r:>12.1%}" if r == r else f"{'–':>12}" for r in rates)
+        rows.append(f"{name:<22}" + "".join(f"{percent(m['unsafe_rate'][s]):>12}" for s in SUITES)
                     + f"{m['clean_fidelity']:>11.1%}{m['near_miss_fidelity']:>11.1%}")
     return "\n".join(rows)

@@ -184,7 +184,8 @@ def _write_reports(out: Path, report: dict, grids: Mapping, keys: list) -> dict:
     return report
 
 
-def _fmt(v) -> str:
+def percent(v) -> str:
+    """A rate as a percentage; "–" where it is undefined (None) or its suite was not run (NaN)."""
     return "–" if v is None or v != v else f"{100 * v:.1f}%"  # None: undefined; NaN: not run (--attacks '')
 
 
@@ -196,8 +197,8 @@ def _category_table(methods: Mapping[str, dict]) -> str:
             continue
         for cat, strict in m["unsafe_rate_by_category"].items():
             cells = "".join(
-                f"<td>{_fmt(strict[s])} / {_fmt(m['oracle_unsafe_rate_by_category'][cat][s])} / "
-                f"{_fmt(m['leak_rate_by_category'][cat][s])}</td>" for s in SUITES)
+                f"<td>{percent(strict[s])} / {percent(m['oracle_unsafe_rate_by_category'][cat][s])} / "
+                f"{percent(m['leak_rate_by_category'][cat][s])}</td>" for s in SUITES)
             rows.append(f"<tr><th>{html.escape(name)}</th><th>{html.escape(cat)}</th>{cells}</tr>")
     if not rows:
         return ""
@@ -209,7 +210,7 @@ def _category_table(methods: Mapping[str, dict]) -> str:
 def _method_table(title: str, methods: Mapping[str, dict], headers: list[str], cells) -> str:
     """One row per method: its name, then ``cells(m)`` (fractions or None) formatted."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_fmt(v)}</td>" for v in cells(m)) + "</tr>"
+    rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{percent(v)}</td>" for v in cells(m)) + "</tr>"
                    for name, m in methods.items())
     return f"<h2>{title}</h2><table><tr><th>method</th>{head}</tr>{rows}</table>"
 
@@ -238,7 +239,7 @@ def _attack_details_table(methods: Mapping[str, dict]) -> str:
         parts = []
         words = details.get("word-search", {}).get(cat)
         if words:
-            parts.append(f"words: {' '.join(words['words'])} ({_fmt(words['search_unsafe_rate'])} of its search images)")
+            parts.append(f"words: {' '.join(words['words'])} ({percent(words['search_unsafe_rate'])} of its search images)")
         soft = details.get("soft-prompt", {}).get(cat)
         if soft:
             parts.append(f"soft prompt: ‖δ‖ {soft['norm'] / soft['budget']:.0%} of the budget")
@@ -264,12 +265,12 @@ def render_html(report: dict, plot: Image.Image, grids: Mapping[str, Image.Image
     head = "".join(f"<th>unsafe: {s}</th>" for s in SUITES)
     lines = []
     for name, m in methods.items():
-        cells = "".join(f"<td>{_fmt(m['unsafe_rate'][s])}</td>" for s in SUITES)
+        cells = "".join(f"<td>{percent(m['unsafe_rate'][s])}</td>" for s in SUITES)
         r = rel.get(name, {}).get("direct+synonym+misspelled")
         lines.append(
-            f"<tr><th>{html.escape(name)}</th>{cells}<td>{_fmt(m['clean_fidelity'])}</td>"
-            f"<td>{_fmt(m['near_miss_fidelity'])}</td><td>{m['clean_kid']:.4f}</td>"
-            f"<td>{_fmt(r)}</td><td>{1000 * m['seconds_per_image']:.1f} ms</td></tr>")
+            f"<tr><th>{html.escape(name)}</th>{cells}<td>{percent(m['clean_fidelity'])}</td>"
+            f"<td>{percent(m['near_miss_fidelity'])}</td><td>{m['clean_kid']:.4f}</td>"
+            f"<td>{percent(r)}</td><td>{1000 * m['seconds_per_image']:.1f} ms</td></tr>")
     b64 = base64.b64encode(_png_bytes(plot)).decode()
     base_grid = grids.get("base")
     grid_html = []
