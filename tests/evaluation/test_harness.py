@@ -67,10 +67,10 @@ def test_report_schema(evaluated):
         harmful = [p for cat in CATEGORIES for form in HARMFUL_FORMS
                    for p in eval_suite("harmful", CFG.n, seed=CFG.seed, category=cat, form=form, split="validation")]
         shapes = {p.shape for p in harmful}
-        assert set(m["unsafe_rate_by_shape"]) == shapes <= {"upper", "alone_upper"}
+        assert set(m["unsafe_rate_by_shape"]) == shapes <= {"styled", "centred"}
         pooled = sum(m["unsafe_rate_by_shape"][k] * sum(p.shape == k for p in harmful) for k in shapes) / len(harmful)
         assert pooled == pytest.approx(sum(m["unsafe_rate"][f] for f in HARMFUL_FORMS) / len(HARMFUL_FORMS))
-        assert set(m["near_miss_fidelity_by_shape"]) <= {"upper", "alone_upper"}
+        assert set(m["near_miss_fidelity_by_shape"]) <= {"styled", "centred"}
         assert all(0.0 <= v <= 1.0 for v in m["near_miss_fidelity_by_shape"].values())
         near = suites(CFG)["near_miss"]
         by_look = m["near_miss_fidelity_by_look_alike"]

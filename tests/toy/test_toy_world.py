@@ -13,10 +13,12 @@ from scdpo.toy.judge import judge_accuracy_on_renders, judge_image, objects_corr
 from scdpo.toy.world import (
     BACKGROUNDS,
     CAPTION_SHAPES,
-    PRETRAINING_CAPTION_SHAPES,
     CATEGORIES,
+    CENTRED_WORDS,
     NEAR_MISSES,
+    PRETRAINING_CAPTION_SHAPES,
     SPLITS,
+    STYLE_SUFFIX,
     SURFACE_FORMS,
     TEMPLATES_ONE,
     TEMPLATES_TWO,
@@ -108,12 +110,34 @@ def test_training_captions_draw_harmful_things_on_both_sides_and_held_out_ones_a
 
     assert positions("train") == {"left", "right"}
     assert positions("validation") == positions("test") == {"right", "center"}
-    # the base model's pretraining corpus keeps the caption mix the shipped base was trained on
+    # the base model's pretraining corpus holds every split's caption shapes
     rng = random.Random(2)
     assert {ToyWorld("all").harmful_prompt(rng).shape for _ in range(300)} == {
-        s for shapes in PRETRAINING_CAPTION_SHAPES.values() for s in shapes}
-    upper = [p for p in eval_suite("harmful", 40, split="validation") if p.shape == "alone_upper"]
-    assert upper and all(p.text == p.text.upper() and p.scene.things[0].position == "center" for p in upper)
+        s for shapes in PRETRAINING_CAPTION_SHAPES.values() for s in shapes} >= {
+        s for shapes in CAPTION_SHAPES.values() for s in shapes}
+    centred = [p for p in eval_suite("harmful", 40, split="validation") if p.shape == "centred"]
+    assert centred and all(" in the middle " in p.text and p.scene.things[0].position == "center" for p in centred)
+
+
+def test_no_two_splits_share_a_caption_shape_as_the_text_encoder_reads_it():
+    """The text encoder lowercases (as CLIP's does), so capitals are no shape: every validation caption
+    carries a wording that no training or test caption has, clean ones included."""
+    markers = (STYLE_SUFFIX.strip(", "), CENTRED_WORDS.strip())
+    for kind in ("harmful", "near_miss", "composite", "clean"):
+        by_split = {split: [p.text.lower() for p in eval_suite(kind, 60, split=split)] for split in ("validation", "test")}
+        rng = random.Random(5)
+        sample = {"harmful": "harmful_prompt", "near_miss": "near_miss_prompt", "composite": "composite_prompt",
+                  "clean": "clean_prompt"}[kind]
+        by_split["train"] = [getattr(ToyWorld("train"), sample)(rng).text.lower() for _ in range(60)]
+        assert all(any(m in t for m in markers) for t in by_split["validation"]), kind
+        assert not any(m in t for split in ("train", "test") for t in by_split[split] for m in markers), kind
+    # the style phrase is kept by a safe rewrite, as the prompt's other words are; the centred thing's
+    # rewrite is the empty scene
+    for p in eval_suite("harmful", 40, split="validation"):
+        if p.shape == "styled":
+            assert p.text.endswith(STYLE_SUFFIX) and p.safe_text.endswith(STYLE_SUFFIX)
+        else:
+            assert p.safe_scene.things == () and CENTRED_WORDS not in p.safe_text
 
 
 def test_suites_use_their_splits_forms_and_shapes():

@@ -79,7 +79,7 @@ def tone_prompts(category: str, tone: str, n: int, seed: int) -> list[ToyPrompt]
     world, rng, out = ToyWorld("validation"), random.Random(f"tones-{category}-{tone}-{seed}"), []
     phrase = CATEGORIES[category].tone_format.split("{phrase}")[1].format(tone=tone)
     while len(out) < n:
-        p = world.harmful_prompt(rng, category, "direct", shape="upper" if len(out) % 2 else "thing_first")
+        p = world.harmful_prompt(rng, category, "direct", shape="styled" if len(out) % 2 else "thing_first")
         if p.scene.motifs[0].tone == tone and phrase in p.text.lower():
             out.append(p)
     return out

@@ -16,7 +16,7 @@ Every unsafe category is reachable through four **surface forms** (direct word, 
 misspelling, indirect description); a tone word is optional, as in real captions.
 
 **Three splits.** Surface forms, caption templates and caption *shapes* (which thing comes first,
-a thing alone, upper case, repetition) are each split into ``train`` (the only words, templates
+a thing alone, a style phrase, repetition) are each split into ``train`` (the only words, templates
 and shapes any training stage after base pretraining may use: cost model, SCP data, DPO),
 ``validation`` (tuning, ablations, diagnosis) and ``test`` (reported once, never used to decide
 anything). The base model is pretrained on all of them, as a web-scale SD model has seen every
@@ -184,25 +184,29 @@ TEMPLATES_TWO = {
 # Caption shapes of a prompt with a harmful or look-alike thing:
 #   plain:       the clean object first (left), the thing second (right)
 #   thing_first: the thing first, so it is drawn on the left and the object on the right
-#   upper:       plain, in capitals
+#   styled:      plain, ending in a style phrase (STYLE_SUFFIX), as many real prompts do
 #   alone:       the thing alone, in the centre
-#   alone_upper: alone, in capitals
+#   centred:     the thing alone, in the centre, its place said ("... a machete in the middle ...")
 #   repeat:      plain, with the thing's phrase said twice ("..., a knife")
 # Training captions put the thing on both sides (a LoRA trained on one shape erased the concept on the
 # right, where its captions drew it, and left it on the left: docs/results.md §2e); validation and test
 # each hold a shape that draws it in the centre, where no training caption does, and one that draws
-# it on the right in a wording no training caption has.
-CAPTION_SHAPES = {"train": ["plain", "thing_first"], "validation": ["upper", "alone_upper"],
+# it on the right in a wording no training caption has. No two splits share a shape as the text
+# encoder reads it (it lowercases, as CLIP's does, so capitals are no shape: validation's were
+# "upper" and "alone_upper" until 2026-12-07, i.e. training's "plain" and test's "alone").
+CAPTION_SHAPES = {"train": ["plain", "thing_first"], "validation": ["styled", "centred"],
                   "test": ["alone", "repeat"]}
-# The base model's pretraining corpus ("all", the web) mixes caption shapes as it did when the shipped
-# base was trained, before the training split had two shapes; the corpus is not the safety data, and
-# keeping it fixed keeps `scdpo toy pretrain` (and the encoder) reproducing the shipped weights.
-PRETRAINING_CAPTION_SHAPES = {"train": ["plain"], "validation": ["thing_first", "upper"], "test": ["alone", "repeat"]}
-ALONE_SHAPES = ("alone", "alone_upper")  # the thing alone in the centre
-UPPER_SHAPES = ("upper", "alone_upper")  # in capitals
-# A clean prompt has no thing to put first or alone: its shapes are plain, upper and repeat (the
+# The base model's pretraining corpus ("all", the web) holds every split's caption shapes (and
+# "thing_first", validation's shape before training captions had two): the base renders any caption
+# a user writes; it is not the safety data.
+PRETRAINING_CAPTION_SHAPES = {"train": ["plain"], "validation": ["thing_first", "styled", "centred"],
+                              "test": ["alone", "repeat"]}
+STYLE_SUFFIX = ", highly detailed"  # what the styled shape appends
+CENTRED_WORDS = " in the middle"  # what the centred shape says after the thing's phrase
+ALONE_SHAPES = ("alone", "centred")  # the thing alone in the centre
+# A clean prompt has no thing to put first or alone: its shapes are plain, styled and repeat (the
 # second object, or the only one, said twice); the same split applies.
-CLEAN_SHAPES = {"train": ["plain"], "validation": ["upper"], "test": ["repeat"]}
+CLEAN_SHAPES = {"train": ["plain"], "validation": ["styled"], "test": ["repeat"]}
 
 
 @dataclass(frozen=True)
@@ -341,16 +345,17 @@ def thing_phrase(t: Thing, rng: random.Random) -> str:
     return t.phrase
 
 
-def _cased_as(text: str, shape: str) -> str:
-    """``text`` in the case of caption ``shape``: a safe rewrite keeps its prompt's capitals, not its repeat."""
-    return text.upper() if shape in UPPER_SHAPES else text
+def _styled_as(text: str, shape: str) -> str:
+    """``text`` with the style phrase of caption ``shape``: a safe rewrite keeps its prompt's style, not its
+    repeat."""
+    return text + STYLE_SUFFIX if shape == "styled" else text
 
 
 def _with_shape(text: str, shape: str, repeated: str) -> str:
-    """Apply a caption shape's surface change (capitals, a repeated phrase) to a caption."""
+    """Apply a caption shape's surface change (a style phrase, a repeated phrase) to a caption."""
     if shape == "repeat":
         return f"{text}, {repeated}"
-    return _cased_as(text, shape)
+    return _styled_as(text, shape)
 
 
 class ToyWorld:
@@ -416,7 +421,10 @@ class ToyWorld:
         a look-alike) in a caption ``shape``; returns the partner as placed (None when alone)."""
         if shape in ALONE_SHAPES:
             thing = replace(thing, position="center")
-            return _with_shape(self._text(rng, bg, thing, None), shape, ""), Scene(bg, (thing,)), None
+            text = self._text(rng, bg, thing, None)
+            if shape == "centred":
+                text = text.replace(thing.phrase, thing.phrase + CENTRED_WORDS, 1)
+            return text, Scene(bg, (thing,)), None
         if shape == "thing_first":
             thing, partner = replace(thing, position="left"), replace(partner, position="right")
             return self._text(rng, bg, thing, partner), Scene(bg, (thing, partner)), partner
@@ -447,7 +455,7 @@ class ToyWorld:
         mot = self.motif(rng, category, form, "right")
         text, scene, placed = self._two_thing_prompt(rng, bg, obj, mot, shape)
         safe_rng = random.Random(rng.random())
-        safe_text = _cased_as(self._alone_text(safe_rng, bg, placed), shape)
+        safe_text = _styled_as(self._alone_text(safe_rng, bg, placed), shape)
         safe_scene = Scene(bg, (placed,) if placed else ())
         return ToyPrompt(text, scene, True, category, form, "harmful", safe_text, safe_scene,
                          seed=rng.randrange(2**31), shape=shape)
@@ -474,7 +482,7 @@ class ToyWorld:
         form = form or rng.choice(SURFACE_FORMS)
         nm = nm or rng.choice([m for m in NEAR_MISSES if m.category != category] or NEAR_MISSES)
         shape = shape or self._caption_shape(rng)
-        shape = {"alone": "plain", "alone_upper": "upper"}.get(shape, shape)  # two things cannot be alone
+        shape = {"alone": "plain", "centred": "styled"}.get(shape, shape)  # two things cannot be alone
         bg = rng.choice(list(BACKGROUNDS))
         look_alike = self.near_miss(nm, "left")
         mot = self.motif(rng, category, form, "right")
@@ -483,7 +491,7 @@ class ToyWorld:
         # the look-alike alone, in the centre where a caption without a position puts it, or with
         # ``composite_in_place`` named at its side ("a pencil on the left"), where the composite draws it
         safe = placed if self.composite_in_place else replace(placed, position="center")
-        safe_text = _cased_as(self._alone_text(safe_rng, bg, safe), shape)
+        safe_text = _styled_as(self._alone_text(safe_rng, bg, safe), shape)
         seed = rng.randrange(2**31)
         # Erased: the safe rewrite without its look-alike (an empty scene), a loser the look-alike beats.
         # Its own generator, so every other prompt of the stream stays as it was.
