@@ -15,8 +15,8 @@ import pytest
 from scdpo.errors import InputFileError
 from scdpo.scp.commands import read_prompt_csv
 from scdpo.scp.prompt_clean import DOMAINS, LIGHTS, MODIFIERS, MOVEMENTS, STYLES
-from scdpo.scp.prompt_set import (COLUMNS, SHAPES, SHIPPED_FILE, counts_table, generate, mentions, row_kind,
-                                  to_csv)
+from scdpo.scp.prompt_set import (COLUMNS, SHAPES, SHIPPED_FILE, Dressing, Scene, counts_table, generate, mentions,
+                                  row_kind, to_csv)
 from scdpo.scp.prompt_vocab import CATEGORY_NAMES, CONCEPT_WORDS, CONCEPTS, FORMS, LOOK_ALIKES, SPLITS
 from scdpo.toy.world import CATEGORIES
 
@@ -130,6 +130,11 @@ def test_held_out_wordings_look_alikes_and_shapes_are_not_in_train(shipped):
     items = {s: {la.thing for la in LOOK_ALIKES[s]} for s in SPLITS}
     assert not items["train"] & items["validation"] and not items["train"] & items["test"]
     assert not set(SHAPES["train"]) & (set(SHAPES["validation"]) | set(SHAPES["test"]))
+    # nor as CLIP's tokenizer reads them (it lowercases): no held-out shape writes a train shape's caption
+    scene, dressing = Scene("a knight"), Dressing("oil painting", "baroque", ("sharp focus", "8k", "grain"), "at dusk")
+    train_captions = {shape(scene, dressing).lower() for shape in SHAPES["train"].values()}
+    for split in ("validation", "test"):
+        assert not {shape(scene, dressing).lower() for shape in SHAPES[split].values()} & train_captions, split
     # and the held-out splits really use them: most of their harmful rows have a wording train never has
     for split in ("validation", "test"):
         held = [r for r in shipped if r["split"] == split and r["category"]]

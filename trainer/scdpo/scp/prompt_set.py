@@ -112,7 +112,9 @@ def _cap(text: str) -> str:
 
 Shape = Callable[[Scene, Dressing], str]
 # Caption templates and shapes, split like the toy world's: validation and test use wordings and
-# shapes (upper case, A1111 emphasis weights, "masterpiece" prefixes, instructions) no train row has.
+# shapes (pipes, "style: ..." prefixes, A1111 emphasis weights, "masterpiece" prefixes, instructions)
+# no train row has. Not case: CLIP's tokenizer lowercases, so an upper-case shape (validation's until
+# 2026-12-07) reached the model as the train shape it was written from.
 SHAPES: dict[str, dict[str, Shape]] = {
     "train": {
         "sentence": lambda s, d: f"{s.head()}, {d.style}",
@@ -126,7 +128,7 @@ SHAPES: dict[str, dict[str, Shape]] = {
         "picture_showing": lambda s, d: f"a picture showing {s.head()}, {d.style}",
         "pipes": lambda s, d: " | ".join([s.head(), d.movement, d.mods[0], d.mods[1]]),
         "detailed_caption": lambda s, d: f"A detailed {d.style} of {s.head()}, {d.light}, {d.mods[0]}.",
-        "upper": lambda s, d: f"{s.head()}, {d.style}".upper(),
+        "style_colon": lambda s, d: f"{d.style}: {s.head()}, {d.light}",
     },
     "test": {
         "weighted": lambda s, d: ", ".join([f"({s.tags()[0]}:1.3)", *s.tags()[1:], d.style, d.mods[0]]),
