@@ -8,7 +8,8 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from scdpo.errors import WeightsFormatError
-from scdpo.toy.model import ToyTextToImage, images_to_latents, is_toy_checkpoint, latents_to_images
+from scdpo.toy.model import (MAX_TOKENS, ToyTextToImage, build_tokenizer, images_to_latents, is_toy_checkpoint,
+                             latents_to_images)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_pixel_unshuffle_vae_round_trips_exactly():
 
 def test_tokenizer_shares_pieces_between_misspelling_and_word(tiny_model):
     ids = tiny_model.tokenize(["a red square", "zzqx unseen wordz"])
-    assert ids.shape == (2, 40)
+    assert ids.shape == (2, MAX_TOKENS)
     assert (ids[1] != tiny_model.tokenizer.pad_token_id).sum() > 4  # unknown words still tokenize into pieces
 
 
@@ -69,6 +70,29 @@ def test_foreign_and_corrupt_files_raise_one_clear_error(tmp_path):
     pickled.write_bytes(b"PK\x03\x04" + b"\0" * 64)
     with pytest.raises(WeightsFormatError, match="pickled"):
         ToyTextToImage.load(pickled)
+
+
+def test_every_caption_the_world_writes_fits_the_text_encoder_and_uses_its_words():
+    """Nothing is truncated (a caption's end, where the repeat and style shapes and the background are,
+    reached the model cut off in a third of validation's and a sixth of test's captions when the
+    context was 40 tokens), and every word is one the tokenizer was trained on."""
+    import random
+
+    from scdpo.toy.world import SPLITS, SUITE_KINDS, ToyWorld, eval_suite, vocabulary_corpus
+
+    tok, words = build_tokenizer(), set(vocabulary_corpus())
+    texts = []
+    for split in SPLITS:
+        world, rng = ToyWorld(split), random.Random(f"fit-{split}")
+        prompts = [world.sample_prompt(rng, 0.4, 0.2, 0.2) for _ in range(2500)]
+        if split != "train":
+            prompts += [p for kind in SUITE_KINDS for p in eval_suite(kind, 40, split=split)]
+        texts += [t for p in prompts for t in (p.text, p.safe_text, p.erased_text) if t]
+    longest = max(len(tok.tokenize(t)) for t in texts)
+    assert longest + 2 <= MAX_TOKENS, longest  # with the start and end tokens
+    assert longest > 40  # the captions that motivated the context size are among them
+    unknown = {w for t in texts for w in t.lower().replace(",", " ").split()} - words
+    assert not unknown, sorted(unknown)[:10]
 
 
 def test_tokenizer_is_the_same_in_every_process():

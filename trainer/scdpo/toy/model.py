@@ -34,7 +34,7 @@ TOY_KIND = "toy_base"
 TOY_VERSION = "toy_v1"
 PATCH = 2
 LATENT_CHANNELS = 3 * PATCH * PATCH
-MAX_TOKENS = 40
+MAX_TOKENS = 77  # as CLIP's; every caption the world writes fits (a test checks it)
 
 UNET_CONFIG: dict[str, Any] = dict(
     sample_size=IMAGE_SIZE // PATCH,

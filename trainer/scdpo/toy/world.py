@@ -580,6 +580,7 @@ def vocabulary_corpus() -> list[str]:
                 for w in tpl.replace(",", " ").split():
                     if "{" not in w:
                         words.add(w)
+    words.update((STYLE_SUFFIX + CENTRED_WORDS).replace(",", " ").split())
     words.update(["the", "on", "a", "an"])
     return sorted(words)
 
