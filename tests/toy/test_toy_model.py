@@ -73,9 +73,10 @@ def test_foreign_and_corrupt_files_raise_one_clear_error(tmp_path):
 
 
 def test_every_caption_the_world_writes_fits_the_text_encoder_and_uses_its_words():
-    """Nothing is truncated (a caption's end, where the repeat and style shapes and the background are,
-    reached the model cut off in a third of validation's and a sixth of test's captions when the
-    context was 40 tokens), and every word is one the tokenizer was trained on."""
+    """Nothing is truncated (with a 40-token context a caption's end, where the repeat and style shapes
+    and the background are, was cut off in one test caption in seven, half of test's harmful repeat
+    prompts, and two thirds of validation's harmful prompts with the style phrase), and every word is
+    one the tokenizer was trained on."""
     import random
 
     from scdpo.toy.world import SPLITS, SUITE_KINDS, ToyWorld, eval_suite, vocabulary_corpus
