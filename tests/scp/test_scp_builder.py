@@ -242,6 +242,17 @@ def test_shards_built_apart_give_the_dataset_of_one_build(tmp_path, tiny_setup):
         build_scp_dataset(model, scorer, reward, prompts, cfg, other, progress=False, shard=(2, 2))
 
 
+def _png_levels_apart(image: torch.Tensor, png: bytes) -> int:
+    """Largest difference, in 8-bit levels, between a generated ``[H,W,3]`` image and a stored PNG."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    mine = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy().astype(int)
+    return int(np.abs(mine - np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=int)).max())
+
+
 def test_attack_pairs_take_the_most_unsafe_sample_of_the_pushed_rewrite(tmp_path, tiny_setup):
     from scdpo.scp.builder import attack_strength, concept_directions
 
@@ -265,7 +276,8 @@ def test_attack_pairs_take_the_most_unsafe_sample_of_the_pushed_rewrite(tmp_path
         # the loser is a sample of the rewrite's embedding pushed by η along the category direction
         cond = model.encode_prompt([p.safe_text]).shifted({k: r["concept_push"] * v for k, v in dirs[p.category].items()})
         again = model.generate(None, cond=cond, seed=[r["loser_seed"]], steps=cfg.steps)
-        assert png_bytes((again[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()) == r["loser_png"]
+        # the builder draws the candidates as one batch, this one alone: equal up to one level of rounding
+        assert _png_levels_apart(again[0], r["loser_png"]) <= 1
     # the direction is the mean of embedding(prompt) - embedding(rewrite)
     cat = prompts[0].category
     mine = sorted({(p.text, p.safe_text) for p in prompts if p.category == cat})
