@@ -299,3 +299,32 @@ def test_shift_augmentation_trains_and_needs_cached_inputs(tmp_path, toy_model, 
                                  model=copy.deepcopy(toy_model), dataset=pairs, progress=False))
     diff = max(float((shifted.tensors[k] - v).abs().max()) for k, v in plain.tensors.items() if "lora_up" in k)
     assert diff > 1e-4
+
+
+class _WithNeutralRows(torch.utils.data.Dataset):
+    """The same pairs plus, per category, a neutral attack row: a prompt that is its own safe rewrite."""
+
+    def __init__(self, pairs, neutral_text: str):
+        self.pairs = pairs
+        self.extra = [{**pairs[i], "prompt": neutral_text, "safe_prompt": neutral_text, "concept_push": 2.0}
+                      for i in range(len(pairs)) if pairs[i]["is_harmful"]]
+
+    def __len__(self):
+        return len(self.pairs) + len(self.extra)
+
+    def __getitem__(self, i):
+        return self.pairs[i] if i < len(self.pairs) else self.extra[i - len(self.pairs)]
+
+
+def test_a_prompt_that_is_its_own_rewrite_leaves_the_concept_direction_alone(toy_model, pairs):
+    """Neutral attack rows (an empty scene's caption pushed towards a concept) differ from their rewrite by
+    nothing; counted, they would shrink every category's direction towards zero."""
+    indices = list(range(len(pairs)))
+    plain = encode_pairs(toy_model, pairs, indices, progress=False).concept_directions()["hidden"]
+    neutral = _WithNeutralRows(pairs, "a plain navy background")
+    assert len(neutral) > len(pairs)
+    with_neutral = encode_pairs(toy_model, neutral, list(range(len(neutral))), progress=False)
+    torch.testing.assert_close(with_neutral.concept_directions()["hidden"], plain, atol=1e-6, rtol=1e-5)
+    # the neutral rows are harmful pairs that carry their rewrite, so adversarial training attacks them
+    extra = list(range(len(pairs), len(neutral)))
+    assert bool(with_neutral.batch(extra).with_rewrite.all())

@@ -504,3 +504,58 @@ def test_composite_in_place_reaches_the_build_config_and_the_toy_prompts():
     moved = [(a, b) for a, b in zip(specs[False], specs[True]) if a.composite]
     assert moved and all(a.text == b.text for a, b in moved)
     assert all(" on the " not in a.safe_text and " on the " in b.safe_text for a, b in moved)
+
+
+def test_neutral_attack_prompts_pair_their_clean_image_against_the_concept_drawn_from_nowhere(tmp_path, tiny_setup):
+    """An empty scene's caption, sampled under an attack towards a category: its most unsafe attack sample
+    loses to its own best safe candidate, and the pair trains on the pushed caption (the prompt is its own
+    safe rewrite). The other prompts, their pairs and the concept directions stay as they were."""
+    from scdpo.scp.builder import STATE_FILE, attack_strength, concept_directions
+
+    model, scorer = tiny_setup
+    plain = toy_prompt_specs(12, harmful_frac=0.5, near_miss_frac=0.0, seed=4)
+    prompts = toy_prompt_specs(12, harmful_frac=0.5, near_miss_frac=0.0, seed=4, neutral_frac=0.75)
+    assert [p.text for p in prompts[:12]] == [p.text for p in plain] and len(prompts) == 21
+    neutral = prompts[12:]
+    assert all(p.neutral and p.is_harmful and p.safe_text == p.text and not p.toy_prompt.scene.things
+               for p in neutral)
+    assert re.fullmatch(r"a plain \w+ background", neutral[0].text)
+    assert [p.category for p in neutral[:3]] == list(CATEGORIES) and not any(p.neutral for p in plain)
+    dirs, dirs_plain = concept_directions(model, prompts), concept_directions(model, plain)
+    for cat in dirs_plain:
+        torch.testing.assert_close(dirs[cat]["hidden"], dirs_plain[cat]["hidden"])
+
+    cfg = _cfg(n_prompts=12, candidates=2, pairs_per_prompt=1, neutral_frac=0.75, neutral_candidates=3,
+               attack_strengths=(1.0, 2.5))
+    res = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "on", progress=False)
+    rows = pq.read_table(tmp_path / "on" / "pairs.parquet").to_pylist()
+    made = [r for r in rows if r["prompt"] == r["safe_prompt"]]
+    skipped = res.summary["skipped_prompts"]
+    assert made and len(made) + skipped.get("attack_safe", 0) + skipped.get("no_safe_winner", 0) >= len(neutral)
+    for r in made:
+        j = int(r["pair_id"].split("-")[1])
+        p = prompts[j]
+        assert j >= 12 and p.neutral and r["pair_id"].endswith("-attack") and r["kind"] == "harmful"
+        assert r["category"] == p.category and r["winner_source"] == "candidate"
+        assert r["concept_push"] == attack_strength(cfg, j) and r["loser_cost"] > scorer.threshold >= r["winner_cost"]
+        cond = model.encode_prompt([p.text]).shifted({k: r["concept_push"] * v for k, v in dirs[p.category].items()})
+        again = model.generate(None, cond=cond, seed=[r["loser_seed"]], steps=cfg.steps)
+        assert _png_levels_apart(again[0], r["loser_png"]) <= 1
+    # without them: the same pairs for the other prompts, and the build identity of builds made before
+    off = build_scp_dataset(model, scorer, ToyFidelityReward(), plain, _cfg(n_prompts=12, candidates=2,
+                            pairs_per_prompt=1, attack_strengths=(1.0, 2.5)), tmp_path / "off", progress=False)
+    assert pq.read_table(tmp_path / "off" / "pairs.parquet").column("pair_id").to_pylist() == [
+        r["pair_id"] for r in rows if r not in made]
+    identity = json.loads((tmp_path / "off" / STATE_FILE).read_text())["identity"]["config"]
+    assert "neutral_frac" not in identity
+    assert json.loads((tmp_path / "on" / STATE_FILE).read_text())["identity"]["config"]["neutral_frac"] == 0.75
+
+
+def test_a_prompt_csv_row_that_is_its_own_safe_rewrite_is_a_neutral_attack_prompt(tmp_path):
+    from scdpo.scp.commands import _read_prompt_csv
+
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,category,safe_prompt\na photo of a wall,nudity,a photo of a wall\n"
+                    "a nude woman on a beach,nudity,a woman on a beach\na cat,,\n")
+    specs, _ = _read_prompt_csv(str(path), None)
+    assert [p.neutral for p in specs] == [True, False, False]

@@ -67,6 +67,8 @@ class DemoPlan:
     # clean fidelity (docs/results.md §2)
     scp_near_miss_frac: float = 0.25
     scp_composite_frac: float = 0.2  # harmful prompts that also hold a look-alike
+    # neutral attack prompts (an empty scene's caption pushed towards a concept), as a share of scp_prompts
+    scp_neutral_frac: float = 0.0
     scp_candidates: int = 4
     scp_chunk_prompts: int = 24  # parts of the SCP build: 30 parts share out evenly over the data shards
     scp_pairs_per_prompt: int = 3
@@ -276,7 +278,7 @@ def scp_build_config(plan: DemoPlan):
     return BuildConfig(n_prompts=plan.scp_prompts, candidates=plan.scp_candidates,
                        pairs_per_prompt=plan.scp_pairs_per_prompt, near_miss_frac=plan.scp_near_miss_frac,
                        composite_frac=plan.scp_composite_frac, steps=plan.gen_steps,
-                       chunk_prompts=plan.scp_chunk_prompts)
+                       chunk_prompts=plan.scp_chunk_prompts, neutral_frac=plan.scp_neutral_frac)
 
 
 def data_stages(out: Path, plan: DemoPlan, workers: int = 1) -> list[Stage]:
@@ -297,7 +299,7 @@ def data_stages(out: Path, plan: DemoPlan, workers: int = 1) -> list[Stage]:
                 "--candidates", str(build.candidates), "--pairs-per-prompt", str(build.pairs_per_prompt),
                 "--near-miss-frac", str(build.near_miss_frac), "--composite-frac", str(build.composite_frac),
                 "--steps", str(build.steps), "--chunk-prompts", str(build.chunk_prompts),
-                "--shard", f"{k}/{workers}"]
+                "--neutral-frac", str(build.neutral_frac), "--shard", f"{k}/{workers}"]
 
     shards = [Stage(f"data build: SCP pairs, shard {k + 1} of {workers}",
                     lambda k=k: build_dataset(scp, build, cost_model=str(cost), shard=(k, workers)), built,

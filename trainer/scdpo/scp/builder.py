@@ -67,7 +67,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -90,6 +90,9 @@ class PromptSpec:
     erased_text: Optional[str] = None  # a look-alike prompt (or a composite's safe rewrite) without its look-alike
     toy_prompt: object = None  # scdpo.toy.world.ToyPrompt for the toy reward
     composite: bool = False  # harmful, and holds a look-alike its safe rewrite keeps
+    # a neutral caption ("a plain navy background", its own safe rewrite) sampled under an attack towards
+    # ``category``: the concept drawn from nowhere is its loser, its own clean image the winner
+    neutral: bool = False
 
 
 @dataclass
@@ -102,6 +105,10 @@ class BuildConfig:
     composite_in_place: bool = False  # a composite's safe rewrite names its look-alike's side (False: centred)
     attack_candidates: int = 0  # samples of a harmful prompt under an attacked embedding (0: off)
     attack_strengths: tuple = (1.0, 2.0, 3.0)  # η of those samples, one drawn per prompt
+    # neutral attack prompts (toy prompts: this share of n_prompts, added after them; user prompts: CSV rows whose
+    # safe_prompt is the prompt itself) get this many attack samples; their most unsafe one is their pair's loser
+    neutral_frac: float = 0.0
+    neutral_candidates: int = 4
     harmful_frac: float = 0.5  # toy prompt mix (ratio of harmful to clean instructions)
     near_miss_frac: float = 0.15
     composite_frac: float = 0.2  # share of harmful toy instructions that also hold a look-alike
@@ -187,13 +194,20 @@ def choose_pair(is_harmful: bool, cost: Sequence[float], reward: Sequence[float]
 
 
 def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 0.15, seed: int = 0,
-                     composite_frac: float = 0.0, composite_in_place: bool = False) -> list[PromptSpec]:
+                     composite_frac: float = 0.0, composite_in_place: bool = False,
+                     neutral_frac: float = 0.0) -> list[PromptSpec]:
     """Toy instructions from **train-split surface forms, templates and caption shapes only**
     (``ToyWorld("train")``). ``composite_frac`` of the harmful ones also hold a look-alike ("a pencil
     next to a machete"); their safe rewrite keeps it, so the pairs teach to remove the concept and
     keep the look-alike (stored as kind ``harmful``): alone in the centre, or with ``composite_in_place``
-    at its side ("a pencil on the left"), where the composite draws it."""
-    from ..toy.world import ToyWorld
+    at its side ("a pencil on the left"), where the composite draws it.
+
+    ``neutral_frac`` × ``n`` **neutral attack prompts** follow the ``n`` (which stay as they are): an empty
+    scene's caption ("a plain navy background", a template every split shares), the categories in turn. The
+    build samples each under an attack towards its category (:class:`PromptSpec` ``neutral``): a concept
+    drawn where no caption puts it and no clean object stands, which the evaluation's attacks on a thing
+    alone ask for and no other training prompt shows."""
+    from ..toy.world import CATEGORIES, ToyWorld
 
     world, rng = ToyWorld("train", composite_in_place), random.Random(f"scp-{seed}")
     # composites draw from their own stream, so the rest of the prompts do not depend on composite_frac
@@ -213,6 +227,11 @@ def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 
         kind = "harmful" if p.kind == "composite" else p.kind
         out.append(PromptSpec(p.text, p.is_harmful, p.category if p.is_harmful else None, kind, p.safe_text,
                               p.erased_text, p, composite=p.kind == "composite"))
+    neutral_rng, categories = random.Random(f"scp-neutral-{seed}"), list(CATEGORIES)
+    for i in range(int(round(neutral_frac * n))):
+        p = world.empty_prompt(neutral_rng)
+        out.append(PromptSpec(p.text, True, categories[i % len(categories)], "harmful", p.text, None, p,
+                              neutral=True))
     return out
 
 
@@ -298,7 +317,9 @@ def _generate(model, texts: list[str], seeds: list[int], cfg: BuildConfig,
 def concept_directions(model, prompts: Sequence[PromptSpec]) -> dict[str, dict[str, torch.Tensor]]:
     """Per category: the mean of ``embedding(prompt) - embedding(safe rewrite)`` over the distinct
     harmful prompts that have a rewrite, as ``{"hidden": [L, D]}`` (plus SDXL's ``text_embeds``)."""
-    pairs = sorted({(p.category, p.text, p.safe_text) for p in prompts if p.is_harmful and p.safe_text})
+    # a prompt that is its own rewrite (a neutral attack prompt) makes no difference: left out
+    pairs = sorted({(p.category, p.text, p.safe_text) for p in prompts
+                    if p.is_harmful and p.safe_text and p.safe_text != p.text})
     out: dict[str, dict[str, torch.Tensor]] = {}
     for cat in sorted({c for c, _, _ in pairs}):
         mine = [(t, r) for c, t, r in pairs if c == cat]
@@ -403,7 +424,7 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
     winner_max_cost = min(float(scorer.threshold), cfg.winner_max_cost)
     composite_limit = winner_max_cost if cfg.composite_winner_max_cost is None else \
         min(float(scorer.threshold), cfg.composite_winner_max_cost)
-    need_rewrite = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text
+    need_rewrite = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and not p.neutral
                     and not any(not s.unsafe and s.cost <= winner_max_cost for s in candidates[j])]
     safe_rewrites = _sample(model, scorer, reward, prompts, need_rewrite, SampleSource.SAFE_REWRITE,
                             cfg.rewrite_candidates, first_index, cfg)
@@ -414,14 +435,25 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
                      first_index, cfg)
     # Attacked embeddings of harmful prompts: the rewrite pushed along its category's concept.
     directions = directions or {}
-    attacked = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and p.category in directions]
-    push = {j: attack_strength(cfg, first_index + j) for j in attacked}
-    with _lora_applied(model, attack_lora if attacked else None):
+    attacked = [j for j, p in enumerate(prompts) if p.is_harmful and p.safe_text and p.category in directions
+                and not p.neutral]
+    neutral = [j for j, p in enumerate(prompts) if p.neutral and p.category in directions]
+    push = {j: attack_strength(cfg, first_index + j) for j in attacked + neutral}
+    with _lora_applied(model, attack_lora if attacked or neutral else None):
         attacks = _sample(model, scorer, reward, prompts, attacked, SampleSource.ATTACK, cfg.attack_candidates,
                           first_index, cfg, push, directions)
+        attacks.update(_sample(model, scorer, reward, prompts, neutral, SampleSource.ATTACK, cfg.neutral_candidates,
+                               first_index, cfg, push, directions))
 
     rows, skipped = [], {}
     for j, prompt in enumerate(prompts):
+        if prompt.neutral:
+            choice = _neutral_pair(candidates[j], attacks.get(j, []), winner_max_cost)
+            if isinstance(choice, str):
+                skipped[choice] = skipped.get(choice, 0) + 1
+            else:
+                rows.extend(_pair_rows(cfg, first_index + j, prompt, *choice))
+            continue
         rewrites, erased_samples = safe_rewrites.get(j, []), erased.get(j, [])
         unsafe, rewrite_unsafe = [s.unsafe for s in candidates[j]], [s.unsafe for s in rewrites]
         limit = winner_max_cost
@@ -446,6 +478,21 @@ def build_chunk(model, scorer, reward, prompts: list[PromptSpec], first_index: i
             losers.append(attack)
         rows.extend(_pair_rows(cfg, first_index + j, prompt, winner, losers))
     return rows, skipped
+
+
+def _neutral_pair(candidates: Sequence[Sample], attacks: Sequence[Sample], winner_max_cost: float
+                  ) -> Union[str, tuple[Sample, list[Sample]]]:
+    """A neutral attack prompt's pair, ``(winner, [loser])``: its best-reward confidently safe candidate
+    against its most unsafe attack sample; or why there is none (``no_safe_winner``, ``attack_safe``:
+    the attack drew nothing the cost model calls unsafe)."""
+    safe = [i for i, s in enumerate(candidates) if not s.unsafe and s.cost <= winner_max_cost]
+    attack = _most_unsafe(list(attacks))
+    if not safe:
+        return "no_safe_winner"
+    if attack is None or not attack.unsafe:
+        return "attack_safe"
+    best = _best(safe, [s.reward for s in candidates], [s.cost for s in candidates])
+    return candidates[best], [attack]
 
 
 @dataclass
@@ -502,6 +549,8 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
     for option, unset in (("composite_winner_max_cost", None), ("composite_in_place", False)):
         if config[option] is unset:  # unset: the identity of builds made before the option
             del config[option]
+    if not any(p.neutral for p in prompts):  # the same: builds without neutral attack prompts
+        del config["neutral_frac"], config["neutral_candidates"]
     identity = {"config": config, "describe": describe or {}, "n_prompts": len(prompts)}
     state = {"identity": identity, "done": {}, "skipped": {}}
     if state_path.exists() and not overwrite:
@@ -537,7 +586,8 @@ def build_scp_dataset(model, scorer, reward, prompts: list[PromptSpec], cfg: Bui
             bar.close()
             return BuildResult(out, -1, {"interrupted": True})
         if directions is None:
-            directions = concept_directions(model, prompts) if cfg.attack_candidates > 0 else {}
+            wanted = cfg.attack_candidates > 0 or any(p.neutral for p in prompts)
+            directions = concept_directions(model, prompts) if wanted else {}
         rows, skipped = build_chunk(model, scorer, reward, chunk, start, cfg, directions, attack_lora)
         write_table(part, rows_to_table(rows))
         state["done"][key] = len(rows)

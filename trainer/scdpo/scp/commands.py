@@ -72,6 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(a Ring-A-Bell-style attack); the most unsafe one is the loser of one more pair, which "
                         "the trainer conditions on the same pushed embedding (default 0 = off; see "
                         "docs/training.md#build-it-scdpo-data-build)")
+    b.add_argument("--neutral-frac", type=float, default=0.0,
+                   help="toy prompts: add this share of --n-prompts neutral attack prompts (an empty scene's caption, "
+                        "the categories in turn), each sampled --neutral-candidates times under an attack towards "
+                        "its category; the most unsafe sample is the loser against the prompt's own clean image. "
+                        "A --prompts CSV marks them as harmful rows whose safe_prompt is the prompt itself "
+                        "(default 0 = none)")
+    b.add_argument("--neutral-candidates", type=int, default=4,
+                   help="attack samples per neutral attack prompt (default 4)")
     b.add_argument("--attack-strengths", default="1,2,3",
                    help="comma list of push strengths η, one drawn per prompt (default 1,2,3)")
     b.add_argument("--attack-lora", default=None,
@@ -203,8 +211,11 @@ def _read_prompt_csv(path: str | Path, split: str | None) -> tuple[list, str]:
         if keep != "all" and row_split != keep:
             continue
         kind = "harmful" if cat else ("near_miss" if erased else "clean")
-        out.append(PromptSpec(text, cat is not None, cat, kind, (rec.get("safe_prompt") or "").strip() or None,
-                              erased, composite=bool(cat and (rec.get("resembles") or "").strip())))
+        safe = (rec.get("safe_prompt") or "").strip() or None
+        # a harmful row that is its own safe rewrite is a neutral attack prompt (PromptSpec.neutral)
+        out.append(PromptSpec(text, cat is not None, cat, kind, safe, erased,
+                              composite=bool(cat and (rec.get("resembles") or "").strip()),
+                              neutral=bool(cat) and safe == text))
     if not out:
         raise InputFileError(f"{path} contains no prompts" + (f" of split {keep}" if keep != "all" else ""))
     return out, path.name + (f" (split {keep})" if split_column else "")
@@ -269,7 +280,8 @@ def _mine(args) -> int:
         try:
             built = json.loads(summary_file.read_text(encoding="utf-8"))["config"]
             specs = toy_prompt_specs(built["n_prompts"], built["harmful_frac"], built["near_miss_frac"], built["seed"],
-                                     built.get("composite_frac", 0.0), built.get("composite_in_place", False))
+                                     built.get("composite_frac", 0.0), built.get("composite_in_place", False),
+                                     built.get("neutral_frac", 0.0))
         except (OSError, ValueError, KeyError, TypeError):
             raise ScdpoError(f"{args.data} was not built from toy prompts by scdpo data build (its dataset.json "
                              "has no build config), so the toy reward cannot score it; pass --reward "
@@ -301,15 +313,18 @@ def build_dataset(out: str | Path, config, *, prompts_csv: str | None = None, co
                                ("--pairs-per-prompt", config.pairs_per_prompt, 1),
                                ("--erased-candidates", config.erased_candidates, 0),
                                ("--n-prompts", config.n_prompts, 1), ("--chunk-prompts", config.chunk_prompts, 1),
-                               ("--attack-candidates", config.attack_candidates, 0)):
+                               ("--attack-candidates", config.attack_candidates, 0),
+                               ("--neutral-candidates", config.neutral_candidates, 1)):
         if value < least:
             raise ScdpoError(f"{flag} must be at least {least} (got {value})")
+    if not 0.0 <= config.neutral_frac <= 10.0:
+        raise ScdpoError(f"--neutral-frac must be between 0 and 10 (got {config.neutral_frac})")
     toy = prompts_csv is None
     if toy and prompt_split is not None:
         raise ScdpoError("--split selects rows of a --prompts CSV; the toy prompts are always the train split")
     if toy:
         prompts = toy_prompt_specs(config.n_prompts, config.harmful_frac, config.near_miss_frac, config.seed,
-                                   config.composite_frac, config.composite_in_place)
+                                   config.composite_frac, config.composite_in_place, config.neutral_frac)
     else:
         prompts, prompt_source = _read_prompt_csv(prompts_csv, prompt_split)
     preference = make_reward(reward, device=device)
@@ -349,7 +364,8 @@ def build_config_from_args(args):
                        erased_candidates=args.erased_candidates, composite_erased=args.composite_erased,
                        composite_in_place=args.composite_in_place,
                        attack_candidates=args.attack_candidates,
-                       attack_strengths=_attack_strengths(args.attack_strengths))
+                       attack_strengths=_attack_strengths(args.attack_strengths),
+                       neutral_frac=args.neutral_frac, neutral_candidates=args.neutral_candidates)
 
 
 def _build(args) -> int:

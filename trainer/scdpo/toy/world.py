@@ -499,6 +499,13 @@ class ToyWorld:
         return ToyPrompt(text, scene, True, category, form, "composite", safe_text, Scene(bg, (safe,)),
                          seed=seed, shape=shape, erased_text=erased, erased_scene=Scene(bg, ()))
 
+    def empty_prompt(self, rng: random.Random) -> ToyPrompt:
+        """An empty scene ("a plain navy background"), clean: the neutral caption a concept-from-nowhere
+        attack shifts towards a concept (the SCP build's neutral attack prompts)."""
+        bg = rng.choice(list(BACKGROUNDS))
+        text = self._alone_text(rng, bg, None)
+        return ToyPrompt(text, Scene(bg, ()), False, seed=rng.randrange(2**31), shape="empty")
+
     def sample_prompt(self, rng: random.Random, harmful_frac: float = 0.3, near_miss_frac: float = 0.15,
                       composite_frac: float = 0.05) -> ToyPrompt:
         u = rng.random()
