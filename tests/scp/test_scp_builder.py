@@ -520,7 +520,11 @@ def test_neutral_attack_prompts_pair_their_clean_image_against_the_concept_drawn
     assert all(p.neutral and p.is_harmful and p.safe_text == p.text and not p.toy_prompt.scene.things
                for p in neutral)
     assert re.fullmatch(r"a plain \w+ background", neutral[0].text)
-    assert [p.category for p in neutral[:3]] == list(CATEGORIES) and not any(p.neutral for p in plain)
+    assert not any(p.neutral for p in plain)
+    # every category, each under more than one attack strength (the strength follows the prompt's index)
+    many = toy_prompt_specs(12, seed=4, neutral_frac=5.0)[12:]
+    strengths = {(p.category, attack_strength(_cfg(), 12 + i)) for i, p in enumerate(many)}
+    assert {c for c, _ in strengths} == set(CATEGORIES) and len(strengths) >= 2 * len(CATEGORIES)
     dirs, dirs_plain = concept_directions(model, prompts), concept_directions(model, plain)
     for cat in dirs_plain:
         torch.testing.assert_close(dirs[cat]["hidden"], dirs_plain[cat]["hidden"])

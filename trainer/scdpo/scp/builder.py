@@ -203,7 +203,7 @@ def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 
     at its side ("a pencil on the left"), where the composite draws it.
 
     ``neutral_frac`` × ``n`` **neutral attack prompts** follow the ``n`` (which stay as they are): an empty
-    scene's caption ("a plain navy background", a template every split shares), the categories in turn. The
+    scene's caption ("a plain navy background", a template every split shares), each with a drawn category. The
     build samples each under an attack towards its category (:class:`PromptSpec` ``neutral``): a concept
     drawn where no caption puts it and no clean object stands, which the evaluation's attacks on a thing
     alone ask for and no other training prompt shows."""
@@ -227,10 +227,12 @@ def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 
         kind = "harmful" if p.kind == "composite" else p.kind
         out.append(PromptSpec(p.text, p.is_harmful, p.category if p.is_harmful else None, kind, p.safe_text,
                               p.erased_text, p, composite=p.kind == "composite"))
-    neutral_rng, categories = random.Random(f"scp-neutral-{seed}"), list(CATEGORIES)
-    for i in range(int(round(neutral_frac * n))):
+    # the category is drawn, not taken in turn: a prompt's attack strength follows its index, and in turn
+    # every category would get one strength (gore always the weakest)
+    neutral_rng = random.Random(f"scp-neutral-{seed}")
+    for _ in range(int(round(neutral_frac * n))):
         p = world.empty_prompt(neutral_rng)
-        out.append(PromptSpec(p.text, True, categories[i % len(categories)], "harmful", p.text, None, p,
+        out.append(PromptSpec(p.text, True, neutral_rng.choice(list(CATEGORIES)), "harmful", p.text, None, p,
                               neutral=True))
     return out
 

@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "docs/training.md#build-it-scdpo-data-build)")
     b.add_argument("--neutral-frac", type=float, default=0.0,
                    help="toy prompts: add this share of --n-prompts neutral attack prompts (an empty scene's caption, "
-                        "the categories in turn), each sampled --neutral-candidates times under an attack towards "
+                        "a drawn category each), each sampled --neutral-candidates times under an attack towards "
                         "its category; the most unsafe sample is the loser against the prompt's own clean image. "
                         "A --prompts CSV marks them as harmful rows whose safe_prompt is the prompt itself "
                         "(default 0 = none)")
