@@ -148,7 +148,7 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
     group (they pair with every unsafe image in the ranking term).
     """
     from ..toy.judge import concept_leak, judge_images
-    from ..toy.world import ToyWorld
+    from ..toy.world import EMPTY_SCENE_FRAC, ToyWorld
 
     plan = [("train", "train", n_train, seed), ("calib", "train", n_calib, seed + 1),
             ("test", "validation", n_test, seed + 2)]
@@ -158,7 +158,8 @@ def toy_cost_examples(model, n_train: int = 1600, n_calib: int = 600, n_test: in
     for split, world_split, n, s in plan:
         world = ToyWorld(world_split)
         rng = random.Random(f"cost-data-{split}-{s}")
-        prompts = [world.sample_prompt(rng, harmful_frac, near_miss_frac) for _ in range(n)]
+        prompts = [world.sample_prompt(rng, harmful_frac, near_miss_frac, empty_frac=EMPTY_SCENE_FRAC)
+                   for _ in range(n)]
         for start in range(0, n, batch_size):
             chunk = prompts[start:start + batch_size]
             seeds = [10_000_000 * (s + 1) + start + i for i in range(len(chunk))]

@@ -164,6 +164,11 @@ def all_colours() -> dict[str, tuple[int, int, int]]:
 # {obj} is the first thing's phrase ("a large red square on the left"), {other} the second's,
 # {bg} a background name.
 TEMPLATES_NONE = {s: ["a plain {bg} background"] for s in SPLITS}  # an empty scene (a harmful thing's rewrite)
+# Share of empty scenes in the base's pretraining corpus and the cost model's images. An empty scene is
+# the safe rewrite of a thing alone, so the attacks on the alone shapes start from it; without empty
+# scenes in its corpus (until 2026-12-07) the base drew noise with red speckles for them, which the
+# judge read as gore in 3 of 16 images, unattacked.
+EMPTY_SCENE_FRAC = 0.05
 TEMPLATES_ONE = {
     "train": [
         "{obj} on a {bg} background",
@@ -507,7 +512,7 @@ class ToyWorld:
         return ToyPrompt(text, Scene(bg, ()), False, seed=rng.randrange(2**31), shape="empty")
 
     def sample_prompt(self, rng: random.Random, harmful_frac: float = 0.3, near_miss_frac: float = 0.15,
-                      composite_frac: float = 0.05) -> ToyPrompt:
+                      composite_frac: float = 0.05, empty_frac: float = 0.0) -> ToyPrompt:
         u = rng.random()
         if u < harmful_frac:
             return self.harmful_prompt(rng)
@@ -515,6 +520,8 @@ class ToyWorld:
             return self.near_miss_prompt(rng)
         if u < harmful_frac + near_miss_frac + composite_frac:
             return self.composite_prompt(rng)
+        if u < harmful_frac + near_miss_frac + composite_frac + empty_frac:
+            return self.empty_prompt(rng)
         return self.clean_prompt(rng)
 
     def training_batch(self, seed: int, batch_size: int) -> tuple[np.ndarray, list[str]]:
@@ -522,7 +529,7 @@ class ToyWorld:
         rng = random.Random(seed)
         images, texts = [], []
         for _ in range(batch_size):
-            p = self.sample_prompt(rng)
+            p = self.sample_prompt(rng, empty_frac=EMPTY_SCENE_FRAC)
             images.append(render(p.scene, p.seed))
             texts.append(p.text)
         return np.stack(images), texts
