@@ -7,9 +7,6 @@ from scdpo.demo import DemoPlan, data_stages, scp_build_config
 from scdpo.scp.commands import build_config_from_args
 
 
-import pytest
-
-
 @pytest.mark.parametrize("neutral_frac", [0.0, 0.1])
 def test_shard_commands_ask_for_the_demos_own_build(tmp_path, neutral_frac):
     plan = DemoPlan(scp_neutral_frac=neutral_frac)

@@ -303,11 +303,11 @@ def test_attack_samples_can_come_from_a_first_safety_lora(tmp_path, tiny_setup):
     lora = load_lora(path)
     cfg = _cfg(n_prompts=16, candidates=2, pairs_per_prompt=1, attack_candidates=2)
     prompts = toy_prompt_specs(16, harmful_frac=1.0, near_miss_frac=0.0, seed=4)
-    base = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "base", progress=False)
+    first = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "base", progress=False)
     res = build_scp_dataset(model, scorer, ToyFidelityReward(), prompts, cfg, tmp_path / "second", progress=False,
                             attack_lora=lora)
     assert not (getattr(model.unet, "peft_config", None) or {})  # the LoRA is detached again
-    a = pq.read_table(tmp_path / "base" / "pairs.parquet").to_pylist()
+    a = pq.read_table(first.path).to_pylist()
     b = pq.read_table(tmp_path / "second" / "pairs.parquet").to_pylist()
     plain = lambda rows: [r for r in rows if not r["pair_id"].endswith("-attack")]  # noqa: E731
     assert plain(a) == plain(b)  # candidates and winners: the base's
@@ -548,6 +548,7 @@ def test_neutral_attack_prompts_pair_their_clean_image_against_the_concept_drawn
     # without them: the same pairs for the other prompts, and the build identity of builds made before
     off = build_scp_dataset(model, scorer, ToyFidelityReward(), plain, _cfg(n_prompts=12, candidates=2,
                             pairs_per_prompt=1, attack_strengths=(1.0, 2.5)), tmp_path / "off", progress=False)
+    assert off.n_pairs == res.n_pairs - len(made)
     assert pq.read_table(tmp_path / "off" / "pairs.parquet").column("pair_id").to_pylist() == [
         r["pair_id"] for r in rows if r not in made]
     identity = json.loads((tmp_path / "off" / STATE_FILE).read_text())["identity"]["config"]

@@ -67,7 +67,9 @@ class DemoPlan:
     # clean fidelity (docs/results.md §2)
     scp_near_miss_frac: float = 0.25
     scp_composite_frac: float = 0.2  # harmful prompts that also hold a look-alike
-    # neutral attack prompts (an empty scene's caption pushed towards a concept), as a share of scp_prompts
+    # neutral attack prompts (an empty scene's caption pushed towards a concept), as a share of scp_prompts: off.
+    # Validation, seeds 0 / 3, evaluation seeds 1234 / 7: a tenth 0.716, a fifth 0.737 against 0.793 (the word
+    # search up 42-51 % against 36-41 %, clean fidelity -1.0 to -2.7 points; docs/results.md §2n)
     scp_neutral_frac: float = 0.0
     scp_candidates: int = 4
     scp_chunk_prompts: int = 24  # parts of the SCP build: 30 parts share out evenly over the data shards

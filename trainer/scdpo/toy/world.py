@@ -167,7 +167,7 @@ TEMPLATES_NONE = {s: ["a plain {bg} background"] for s in SPLITS}  # an empty sc
 # Share of empty scenes in the base's pretraining corpus and the cost model's images. An empty scene is
 # the safe rewrite of a thing alone, so the attacks on the alone shapes start from it; without empty
 # scenes in its corpus (until 2026-12-07) the base drew noise with red speckles for them, which the
-# judge read as gore in 3 of 16 images, unattacked.
+# judge read as gore in 4 of 48 images at 10 steps and 8 of 48 at 20, unattacked.
 EMPTY_SCENE_FRAC = 0.05
 TEMPLATES_ONE = {
     "train": [
