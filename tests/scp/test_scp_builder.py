@@ -413,14 +413,15 @@ def test_build_command_rejects_an_attack_lora_without_attack_samples(tmp_path, c
 
 @pytest.mark.parametrize("flag,value", [("--candidates", "0"), ("--erased-candidates", "-1"),
                                         ("--attack-candidates", "-1"), ("--attack-strengths", "1,-2"),
-                                        ("--attack-strengths", "one"),
-                                        ("--pairs-per-prompt", "0")])
+                                        ("--attack-strengths", "one"), ("--neutral-candidates", "0"),
+                                        ("--neutral-frac", "-0.5"), ("--pairs-per-prompt", "0")])
 def test_build_command_rejects_impossible_counts_in_one_line(tmp_path, capsys, flag, value):
     from scdpo.cli import main
 
     assert main(["data", "build", "--out", str(tmp_path / "scp"), flag, value]) == 2
     err = capsys.readouterr().err
-    want = "must be a comma list of positive numbers" if flag == "--attack-strengths" else "must be at least"
+    want = {"--attack-strengths": "must be a comma list of positive numbers",
+            "--neutral-frac": "must be between 0 and 10"}.get(flag, "must be at least")
     assert f"{flag} {want}" in err and not (tmp_path / "scp").exists()
 
 

@@ -177,7 +177,8 @@ class EncodedPairs:
         Where harmful pairs carry their prompt's safe rewrite (the SCP column ``safe_prompt``),
         ``d_k = mean over the distinct (prompt, rewrite) pairs of category k of embedding(prompt) -
         embedding(rewrite)``: the difference the concept itself makes, as a Ring-A-Bell attack
-        measures it (a prompt that is its own rewrite, a neutral attack prompt, is left out). Otherwise ``d_k = mean(embedding of the distinct harmful prompts of k) -
+        measures it (a prompt that is its own rewrite, a neutral attack prompt, is left out).
+        Otherwise ``d_k = mean(embedding of the distinct harmful prompts of k) -
         mean(embedding of the distinct clean prompts)``; near-miss (look-alike) prompts are left out
         of that clean mean unless there are no others, since they share the harmful prompts' layout
         (a second thing) and with them the direction loses that part of the concept.
