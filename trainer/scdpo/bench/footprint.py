@@ -76,14 +76,31 @@ def _command(variant: str, model: Path, data: Path, out: Path, steps: int, batch
             "--out", str(out), "--steps", str(steps), "--batch-size", str(batch_size), "--rank", str(rank)]
 
 
+# A small process between the measuring one and each run, which starts the run and reports its ru_maxrss.
+# The kernel carries the high-water mark of the memory a process was started from across fork and exec, so
+# a run started straight from this process (which holds the benchmark's model, or a test session) would
+# report at least this process's size: every variant the same floor (a bare `python -c pass` started from
+# a 700 MiB process reports 714 MiB).
+_LAUNCHER = ("import json, os, subprocess, sys\n"
+             "proc = subprocess.Popen(sys.argv[2:])\n"
+             "_, status, usage = os.wait4(proc.pid, 0)\n"
+             "with open(sys.argv[1], 'w') as f:\n"
+             "    json.dump([os.waitstatus_to_exitcode(status), usage.ru_maxrss], f)\n")
+
+
 def _run(cmd: list[str], env: dict, log: Path) -> tuple[int, int, float]:
-    """Run ``cmd``; its exit code, peak resident bytes (the kernel's ``ru_maxrss``) and seconds."""
+    """Run ``cmd`` (through :data:`_LAUNCHER`); its exit code, peak resident bytes (the kernel's
+    ``ru_maxrss``) and seconds."""
     began = time.perf_counter()
+    result = log.with_name(log.name + ".rusage.json")
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, int(usage.ru_maxrss) * 1024, time.perf_counter() - began
+        code = subprocess.run([sys.executable, "-c", _LAUNCHER, str(result), *cmd], stdout=fh,
+                              stderr=subprocess.STDOUT, env=env).returncode
+    try:
+        code, maxrss_kib = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # the launcher itself failed: its output is in the log
+        return code or 1, 0, time.perf_counter() - began
+    return int(code), int(maxrss_kib) * 1024, time.perf_counter() - began
 
 
 def _step_times(variant: str, out: Path, log: Path) -> tuple[list[float], list[float]]:
