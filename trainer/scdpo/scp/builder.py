@@ -90,9 +90,13 @@ class PromptSpec:
     erased_text: Optional[str] = None  # a look-alike prompt (or a composite's safe rewrite) without its look-alike
     toy_prompt: object = None  # scdpo.toy.world.ToyPrompt for the toy reward
     composite: bool = False  # harmful, and holds a look-alike its safe rewrite keeps
-    # a neutral caption ("a plain navy background", its own safe rewrite) sampled under an attack towards
-    # ``category``: the concept drawn from nowhere is its loser, its own clean image the winner
-    neutral: bool = False
+
+    @property
+    def neutral(self) -> bool:
+        """A neutral attack prompt: a harmful prompt that is its own safe rewrite, i.e. a neutral caption
+        ("a plain navy background") sampled under an attack towards ``category``; the concept drawn from
+        nowhere is its loser, its own clean image the winner."""
+        return self.is_harmful and self.safe_text == self.text
 
 
 @dataclass
@@ -232,8 +236,7 @@ def toy_prompt_specs(n: int, harmful_frac: float = 0.5, near_miss_frac: float = 
     neutral_rng = random.Random(f"scp-neutral-{seed}")
     for _ in range(int(round(neutral_frac * n))):
         p = world.empty_prompt(neutral_rng)
-        out.append(PromptSpec(p.text, True, neutral_rng.choice(list(CATEGORIES)), "harmful", p.text, None, p,
-                              neutral=True))
+        out.append(PromptSpec(p.text, True, neutral_rng.choice(list(CATEGORIES)), "harmful", p.text, None, p))
     return out
 
 
@@ -321,7 +324,7 @@ def concept_directions(model, prompts: Sequence[PromptSpec]) -> dict[str, dict[s
     harmful prompts that have a rewrite, as ``{"hidden": [L, D]}`` (plus SDXL's ``text_embeds``)."""
     # a prompt that is its own rewrite (a neutral attack prompt) makes no difference: left out
     pairs = sorted({(p.category, p.text, p.safe_text) for p in prompts
-                    if p.is_harmful and p.safe_text and p.safe_text != p.text})
+                    if p.is_harmful and p.safe_text and not p.neutral})
     out: dict[str, dict[str, torch.Tensor]] = {}
     for cat in sorted({c for c, _, _ in pairs}):
         mine = [(t, r) for c, t, r in pairs if c == cat]

@@ -211,11 +211,9 @@ def _read_prompt_csv(path: str | Path, split: str | None) -> tuple[list, str]:
         if keep != "all" and row_split != keep:
             continue
         kind = "harmful" if cat else ("near_miss" if erased else "clean")
-        safe = (rec.get("safe_prompt") or "").strip() or None
         # a harmful row that is its own safe rewrite is a neutral attack prompt (PromptSpec.neutral)
-        out.append(PromptSpec(text, cat is not None, cat, kind, safe, erased,
-                              composite=bool(cat and (rec.get("resembles") or "").strip()),
-                              neutral=bool(cat) and safe == text))
+        out.append(PromptSpec(text, cat is not None, cat, kind, (rec.get("safe_prompt") or "").strip() or None,
+                              erased, composite=bool(cat and (rec.get("resembles") or "").strip())))
     if not out:
         raise InputFileError(f"{path} contains no prompts" + (f" of split {keep}" if keep != "all" else ""))
     return out, path.name + (f" (split {keep})" if split_column else "")
